@@ -1,0 +1,244 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+const (
+	modeSetuid = 0o4000
+	modeSetgid = 0o2000
+	modeSticky = 0o1000
+)
+
+// Cred is the caller's identity for permission checks (AUTH_UNIX over NFS;
+// NBD and administrative callers use Root).
+type Cred struct {
+	Uid, Gid uint32
+	Groups   []uint32
+}
+
+// Root may do anything permission bits would forbid, as on Linux.
+var Root = &Cred{}
+
+const (
+	accessRead  = 4
+	accessWrite = 2
+	accessExec  = 1
+)
+
+func (c *Cred) root() bool { return c == nil || c.Uid == 0 }
+
+func (c *Cred) inGroup(gid uint32) bool {
+	return c.Gid == gid || slices.Contains(c.Groups, gid)
+}
+
+// access checks the permission bits of n for want (a mask of accessRead,
+// accessWrite, accessExec).
+func (c *Cred) access(n *Inode, want uint32) error {
+	if c.root() {
+		// Root bypasses the bits, except that executing needs some x bit.
+		if want&accessExec != 0 && !n.IsDir() && n.Mode&0o111 == 0 {
+			return fmt.Errorf("inode %d: %w", n.Ino, ErrAccess)
+		}
+		return nil
+	}
+	var bits uint32
+	switch {
+	case c.Uid == n.Uid:
+		bits = n.Mode >> 6 & 7
+	case c.inGroup(n.Gid):
+		bits = n.Mode >> 3 & 7
+	default:
+		bits = n.Mode & 7
+	}
+	if bits&want != want {
+		return fmt.Errorf("inode %d mode %o for uid %d: %w", n.Ino, n.Perm(), c.Uid, ErrAccess)
+	}
+	return nil
+}
+
+// Access reports which of the accessRead|accessWrite|accessExec bits in want
+// c has on ino (NFS ACCESS).
+func (f *FS) Access(ctx context.Context, c *Cred, ino uint64, want uint32) (uint32, Inode, error) {
+	n, err := f.GetAttr(ctx, ino)
+	if err != nil {
+		return 0, n, err
+	}
+	var got uint32
+	for _, bit := range []uint32{accessRead, accessWrite, accessExec} {
+		if want&bit != 0 && c.access(&n, bit) == nil {
+			got |= bit
+		}
+	}
+	return got, n, nil
+}
+
+// GetAttr returns ino's attributes.
+func (f *FS) GetAttr(ctx context.Context, ino uint64) (Inode, error) {
+	return f.getInode(f.chain(), ino)
+}
+
+// getInode reads ino through the batch chain and pebble.
+func (f *FS) getInode(chain []*batch, ino uint64) (Inode, error) {
+	v, ok, err := f.getKV(chain, inodeKey(ino))
+	if err != nil {
+		return Inode{}, err
+	}
+	if !ok {
+		return Inode{}, fmt.Errorf("inode %d: %w", ino, ErrNotExist)
+	}
+	n, err := decodeInode(v)
+	if err != nil {
+		return Inode{}, fmt.Errorf("inode %d: %w: %w", ino, ErrIO, err)
+	}
+	return n, nil
+}
+
+// getKV reads a metadata key through the batch chain (newest first) and
+// pebble. The returned value must not be modified.
+func (f *FS) getKV(chain []*batch, key []byte) ([]byte, bool, error) {
+	for i := len(chain) - 1; i >= 0; i-- {
+		if it, ok := chain[i].getKV(key); ok {
+			return it.val, !it.del, nil
+		}
+	}
+	v, closer, err := f.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("metadata read: %w: %w", ErrIO, err)
+	}
+	out := slices.Clone(v)
+	closer.Close()
+	return out, true, nil
+}
+
+// TimeSet says how SETATTR changes a time.
+type TimeSet struct {
+	Now  bool  // set to the server's current time
+	Time int64 // else this time (ns since the epoch)
+}
+
+// SetAttrs lists the attributes SetAttr changes; nil fields stay as they are.
+type SetAttrs struct {
+	Mode  *uint32 // permission bits (the file type is kept)
+	Uid   *uint32
+	Gid   *uint32
+	Size  *uint64
+	Atime *TimeSet
+	Mtime *TimeSet
+	// IfCtime, when set, makes SetAttr fail with ErrGuard unless the file's
+	// ctime equals it (NFSv3 SETATTR guard).
+	IfCtime *int64
+}
+
+// ErrGuard: the SetAttr guard did not match the file's ctime.
+var ErrGuard = errors.New("setattr guard mismatch")
+
+// SetAttr changes ino's attributes with POSIX permission rules and returns the
+// attributes before and after.
+func (f *FS) SetAttr(ctx context.Context, c *Cred, ino uint64, s SetAttrs) (before, after Inode, err error) {
+	if s.Size != nil {
+		if err := f.reserve(); err != nil {
+			return before, after, err
+		}
+	}
+	f.viewMu.RLock()
+	defer f.viewMu.RUnlock()
+	rw := f.inodeRW(ino)
+	rw.Lock() // excludes writes while the size changes
+	defer rw.Unlock()
+	chain := f.chainLocked()
+	n, err := f.getInode(chain, ino)
+	if err != nil {
+		return before, after, err
+	}
+	before = n
+	if s.IfCtime != nil && *s.IfCtime != n.Ctime {
+		return before, n, ErrGuard
+	}
+	now := time.Now().UnixNano()
+	owner := c.root() || c.Uid == n.Uid
+	if s.Mode != nil {
+		if !owner {
+			return before, n, fmt.Errorf("chmod inode %d: %w", ino, ErrPerm)
+		}
+		mode := *s.Mode & 0o7777
+		if !c.root() && !n.IsDir() && mode&modeSetgid != 0 && !c.inGroup(n.Gid) {
+			mode &^= modeSetgid // as Linux: cannot give away setgid to a group one is not in
+		}
+		n.Mode = n.Type() | mode
+	}
+	if s.Uid != nil && *s.Uid != n.Uid {
+		if !c.root() {
+			return before, n, fmt.Errorf("chown inode %d: %w", ino, ErrPerm)
+		}
+		n.Uid = *s.Uid
+	}
+	if s.Gid != nil && *s.Gid != n.Gid {
+		if !c.root() && !(owner && c.inGroup(*s.Gid)) {
+			return before, n, fmt.Errorf("chgrp inode %d: %w", ino, ErrPerm)
+		}
+		n.Gid = *s.Gid
+	}
+	if (s.Uid != nil || s.Gid != nil) && !n.IsDir() {
+		// chown drops setuid and setgid (for group-executable files), as Linux.
+		n.Mode &^= modeSetuid
+		if n.Mode&0o010 != 0 {
+			n.Mode &^= modeSetgid
+		}
+	}
+	for _, t := range []struct {
+		set *TimeSet
+		dst *int64
+	}{{s.Atime, &n.Atime}, {s.Mtime, &n.Mtime}} {
+		if t.set == nil {
+			continue
+		}
+		if t.set.Now {
+			if !owner && c.access(&before, accessWrite) != nil {
+				return before, n, fmt.Errorf("utimes inode %d: %w", ino, ErrAccess)
+			}
+			*t.dst = now
+		} else {
+			if !owner {
+				return before, n, fmt.Errorf("utimes inode %d: %w", ino, ErrPerm)
+			}
+			*t.dst = t.set.Time
+		}
+	}
+	if s.Size != nil {
+		if err := writable(&n); err != nil {
+			return before, n, err
+		}
+		if err := c.access(&before, accessWrite); err != nil {
+			return before, n, err
+		}
+		if *s.Size > MaxFileSize {
+			return before, n, fmt.Errorf("truncate inode %d to %d: %w", ino, *s.Size, ErrFileTooBig)
+		}
+		if *s.Size != n.Size {
+			if err := f.truncateLocked(chain, &n, *s.Size); err != nil {
+				return before, n, err
+			}
+			if s.Mtime == nil {
+				n.Mtime = now
+			}
+		}
+	}
+	n.Ctime = now
+	mu := f.attrMu(ino)
+	mu.Lock()
+	// Size and times may have moved since we read n only through writes,
+	// which we exclude; keep our copy.
+	f.open.setKV(inodeKey(ino), n.encode())
+	mu.Unlock()
+	return before, n, nil
+}

@@ -1,0 +1,654 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Namespace changes (create, link, unlink, rename...) take nsMu, then viewMu
+// shared: they are short, touch a few keys, and one lock makes rename's
+// multi-directory checks simple and obviously right. The data path never
+// takes nsMu.
+
+// MaxNameLen bounds one path component.
+const MaxNameLen = 255
+
+// DirEntry is one entry of a directory listing.
+type DirEntry struct {
+	Name   string
+	Ino    uint64
+	Type   uint32 // TypeMask bits
+	Cookie uint64 // resume a listing after this entry with this cookie
+}
+
+// dirent value: inode (8 bytes) | cookie (8) | type (4).
+func encodeDirent(ino, cookie uint64, typ uint32) []byte {
+	b := make([]byte, 20)
+	binary.BigEndian.PutUint64(b, ino)
+	binary.BigEndian.PutUint64(b[8:], cookie)
+	binary.BigEndian.PutUint32(b[16:], typ)
+	return b
+}
+
+func decodeDirent(b []byte) (ino, cookie uint64, typ uint32, err error) {
+	if len(b) != 20 {
+		return 0, 0, 0, fmt.Errorf("corrupt directory entry: %w", ErrIO)
+	}
+	return binary.BigEndian.Uint64(b), binary.BigEndian.Uint64(b[8:]), binary.BigEndian.Uint32(b[16:]), nil
+}
+
+func checkName(name string) error {
+	switch {
+	case name == "" || name == "." || name == "..":
+		return fmt.Errorf("name %q: %w", name, ErrInvalid)
+	case len(name) > MaxNameLen:
+		return fmt.Errorf("name of %d bytes: %w", len(name), ErrNameTooLong)
+	case strings.ContainsAny(name, "/\x00"):
+		return fmt.Errorf("name %q contains '/' or NUL: %w", name, ErrInvalid)
+	}
+	return nil
+}
+
+// lookupEntry finds name in dir: its inode, cookie and type; ok false if absent.
+func (f *FS) lookupEntry(chain []*batch, dir uint64, name string) (ino, cookie uint64, typ uint32, ok bool, err error) {
+	v, ok, err := f.getKV(chain, direntKey(dir, name))
+	if err != nil || !ok {
+		return 0, 0, 0, false, err
+	}
+	ino, cookie, typ, err = decodeDirent(v)
+	return ino, cookie, typ, err == nil, err
+}
+
+// getDir reads ino and checks it is a directory the caller may search
+// (and, with write, modify).
+func (f *FS) getDir(chain []*batch, c *Cred, ino uint64, write bool) (Inode, error) {
+	d, err := f.getInode(chain, ino)
+	if err != nil {
+		return d, err
+	}
+	if !d.IsDir() {
+		return d, fmt.Errorf("inode %d: %w", ino, ErrNotDir)
+	}
+	want := uint32(accessExec)
+	if write {
+		want |= accessWrite
+	}
+	return d, c.access(&d, want)
+}
+
+// Lookup finds name in directory dir ("." and ".." included).
+func (f *FS) Lookup(ctx context.Context, c *Cred, dir uint64, name string) (Inode, error) {
+	chain := f.chain()
+	d, err := f.getDir(chain, c, dir, false)
+	if err != nil {
+		return Inode{}, err
+	}
+	switch name {
+	case ".":
+		return d, nil
+	case "..":
+		return f.getInode(chain, d.Parent)
+	}
+	if len(name) > MaxNameLen {
+		return Inode{}, fmt.Errorf("lookup: %w", ErrNameTooLong)
+	}
+	ino, _, _, ok, err := f.lookupEntry(chain, dir, name)
+	if err != nil {
+		return Inode{}, err
+	}
+	if !ok {
+		return Inode{}, fmt.Errorf("lookup %q in %d: %w", name, dir, ErrNotExist)
+	}
+	return f.getInode(chain, ino)
+}
+
+// Readlink returns a symbolic link's target.
+func (f *FS) Readlink(ctx context.Context, ino uint64) (string, error) {
+	n, err := f.GetAttr(ctx, ino)
+	if err != nil {
+		return "", err
+	}
+	if !n.IsLink() {
+		return "", fmt.Errorf("readlink inode %d: %w", ino, ErrInvalid)
+	}
+	return n.Target, nil
+}
+
+// NewNode describes a node to create.
+type NewNode struct {
+	Mode   uint32 // type and permission bits; type defaults to regular file
+	Rdev   uint64 // character and block devices
+	Target string // symbolic links
+	// Exclusive fails with ErrExist if name exists, unless Verf is non-zero
+	// and equals the existing file's (a retransmitted exclusive create).
+	// Without Exclusive, an existing regular file is returned as is.
+	Exclusive bool
+	Verf      uint64
+}
+
+// Create makes a new node in dir (file, directory, symlink, device, FIFO or
+// socket, by n.Mode's type bits) and returns it and the directory after.
+func (f *FS) Create(ctx context.Context, c *Cred, dir uint64, name string, nn NewNode) (Inode, Inode, error) {
+	if err := checkName(name); err != nil {
+		return Inode{}, Inode{}, err
+	}
+	typ := nn.Mode & TypeMask
+	if typ == 0 {
+		typ = TypeRegular
+	}
+	switch typ {
+	case TypeRegular, TypeDir, TypeSymlink, TypeChar, TypeBlock, TypeFIFO, TypeSocket:
+	default:
+		return Inode{}, Inode{}, fmt.Errorf("create %q: file type %o: %w", name, typ, ErrInvalid)
+	}
+	if typ == TypeSymlink && (nn.Target == "" || len(nn.Target) > maxTarget) {
+		return Inode{}, Inode{}, fmt.Errorf("symlink %q: target of %d bytes: %w", name, len(nn.Target), ErrInvalid)
+	}
+	f.nsMu.Lock()
+	defer f.nsMu.Unlock()
+	f.viewMu.RLock()
+	defer f.viewMu.RUnlock()
+	if err := f.Err(); err != nil {
+		return Inode{}, Inode{}, f.writeErr(err)
+	}
+	chain := f.chainLocked()
+	d, err := f.getDir(chain, c, dir, true)
+	if err != nil {
+		return Inode{}, Inode{}, err
+	}
+	if ino, _, _, ok, err := f.lookupEntry(chain, dir, name); err != nil {
+		return Inode{}, Inode{}, err
+	} else if ok {
+		n, err := f.getInode(chain, ino)
+		if err != nil {
+			return Inode{}, Inode{}, err
+		}
+		if nn.Exclusive {
+			if nn.Verf != 0 && n.Verf == nn.Verf {
+				return n, d, nil
+			}
+			return n, d, fmt.Errorf("create %q: %w", name, ErrExist)
+		}
+		if typ != TypeRegular || !n.IsReg() {
+			return n, d, fmt.Errorf("create %q: %w", name, ErrExist)
+		}
+		return n, d, nil
+	}
+	if typ == TypeDir && d.Nlink >= math.MaxUint32-1 {
+		return Inode{}, d, ErrTooManyLink
+	}
+	ino, err := f.allocIno(chain)
+	if err != nil {
+		return Inode{}, d, err
+	}
+	now := time.Now().UnixNano()
+	n := Inode{
+		Ino: ino, Mode: typ | nn.Mode&0o7777, Uid: c.uid(), Gid: c.gid(), Nlink: 1,
+		Atime: now, Mtime: now, Ctime: now, Target: nn.Target,
+	}
+	if nn.Exclusive {
+		n.Verf = nn.Verf
+	}
+	if d.Mode&modeSetgid != 0 {
+		// BSD group semantics in setgid directories, as Linux.
+		n.Gid = d.Gid
+		if typ == TypeDir {
+			n.Mode |= modeSetgid
+		}
+	}
+	switch typ {
+	case TypeSymlink:
+		n.Mode = TypeSymlink | 0o777
+		n.Size = uint64(len(nn.Target))
+	case TypeDir:
+		n.Nlink, n.Parent, n.NextCookie = 2, dir, 1
+		d.Nlink++
+	case TypeChar, TypeBlock:
+		n.Rdev = nn.Rdev
+	}
+	b := f.open
+	b.setKV(inodeKey(ino), n.encode())
+	f.linkEntry(b, &d, name, ino, typ)
+	d.Mtime, d.Ctime = now, now
+	b.setKV(inodeKey(dir), d.encode())
+	return n, d, nil
+}
+
+func (c *Cred) uid() uint32 {
+	if c == nil {
+		return 0
+	}
+	return c.Uid
+}
+
+func (c *Cred) gid() uint32 {
+	if c == nil {
+		return 0
+	}
+	return c.Gid
+}
+
+// allocIno takes the next inode number. Inode numbers are never reused.
+func (f *FS) allocIno(chain []*batch) (uint64, error) {
+	key := metaKey("next_ino")
+	v, ok, err := f.getKV(chain, key)
+	if err != nil {
+		return 0, err
+	}
+	next := RootIno + 1
+	if ok {
+		if len(v) != 8 {
+			return 0, fmt.Errorf("corrupt inode counter: %w", ErrIO)
+		}
+		next = binary.BigEndian.Uint64(v)
+	}
+	f.open.setKV(key, binary.BigEndian.AppendUint64(nil, next+1))
+	return next, nil
+}
+
+// linkEntry adds name → ino to directory d (updating d.NextCookie; the
+// caller writes d).
+func (f *FS) linkEntry(b *batch, d *Inode, name string, ino uint64, typ uint32) {
+	cookie := d.NextCookie
+	if cookie == 0 {
+		cookie = 1
+	}
+	d.NextCookie = cookie + 1
+	b.setKV(direntKey(d.Ino, name), encodeDirent(ino, cookie, typ))
+	b.setKV(cookieKey(d.Ino, cookie), append(binary.BigEndian.AppendUint64(nil, ino), name...))
+}
+
+// unlinkEntry removes name (with its cookie) from directory dir.
+func (f *FS) unlinkEntry(b *batch, dir uint64, name string, cookie uint64) {
+	b.deleteKV(direntKey(dir, name))
+	b.deleteKV(cookieKey(dir, cookie))
+}
+
+// Link adds a hard link to ino as dir/name.
+func (f *FS) Link(ctx context.Context, c *Cred, ino, dir uint64, name string) (Inode, Inode, error) {
+	if err := checkName(name); err != nil {
+		return Inode{}, Inode{}, err
+	}
+	f.nsMu.Lock()
+	defer f.nsMu.Unlock()
+	f.viewMu.RLock()
+	defer f.viewMu.RUnlock()
+	if err := f.Err(); err != nil {
+		return Inode{}, Inode{}, f.writeErr(err)
+	}
+	chain := f.chainLocked()
+	d, err := f.getDir(chain, c, dir, true)
+	if err != nil {
+		return Inode{}, Inode{}, err
+	}
+	n, err := f.getInode(chain, ino)
+	if err != nil {
+		return Inode{}, d, err
+	}
+	if n.IsDir() {
+		return n, d, fmt.Errorf("link to directory %d: %w", ino, ErrPerm)
+	}
+	if n.Nlink >= math.MaxUint32 {
+		return n, d, ErrTooManyLink
+	}
+	if _, _, _, ok, err := f.lookupEntry(chain, dir, name); err != nil {
+		return n, d, err
+	} else if ok {
+		return n, d, fmt.Errorf("link %q: %w", name, ErrExist)
+	}
+	now := time.Now().UnixNano()
+	b := f.open
+	n.Nlink++
+	n.Ctime = now
+	f.linkEntry(b, &d, name, ino, n.Type())
+	d.Mtime, d.Ctime = now, now
+	f.putInode(b, &n)
+	b.setKV(inodeKey(dir), d.encode())
+	return n, d, nil
+}
+
+// putInode writes n into b under its attribute lock (so that it does not
+// race a concurrent write's size and mtime update).
+func (f *FS) putInode(b *batch, n *Inode) {
+	mu := f.attrMu(n.Ino)
+	mu.Lock()
+	b.setKV(inodeKey(n.Ino), n.encode())
+	mu.Unlock()
+}
+
+// Remove unlinks a non-directory name from dir and returns dir after.
+func (f *FS) Remove(ctx context.Context, c *Cred, dir uint64, name string) (Inode, error) {
+	return f.remove(c, dir, name, false)
+}
+
+// Rmdir removes an empty directory name from dir and returns dir after.
+func (f *FS) Rmdir(ctx context.Context, c *Cred, dir uint64, name string) (Inode, error) {
+	return f.remove(c, dir, name, true)
+}
+
+func (f *FS) remove(c *Cred, dir uint64, name string, wantDir bool) (Inode, error) {
+	if name == "." || name == ".." {
+		return Inode{}, fmt.Errorf("remove %q: %w", name, ErrInvalid)
+	}
+	if err := checkName(name); err != nil {
+		return Inode{}, err
+	}
+	f.nsMu.Lock()
+	defer f.nsMu.Unlock()
+	f.viewMu.RLock()
+	defer f.viewMu.RUnlock()
+	if err := f.Err(); err != nil {
+		return Inode{}, f.writeErr(err)
+	}
+	chain := f.chainLocked()
+	d, err := f.getDir(chain, c, dir, true)
+	if err != nil {
+		return Inode{}, err
+	}
+	ino, cookie, _, ok, err := f.lookupEntry(chain, dir, name)
+	if err != nil {
+		return d, err
+	}
+	if !ok {
+		return d, fmt.Errorf("remove %q from %d: %w", name, dir, ErrNotExist)
+	}
+	n, err := f.getInode(chain, ino)
+	if err != nil {
+		return d, err
+	}
+	if err := stickyCheck(c, &d, &n); err != nil {
+		return d, err
+	}
+	switch {
+	case wantDir && !n.IsDir():
+		return d, fmt.Errorf("rmdir %q: %w", name, ErrNotDir)
+	case !wantDir && n.IsDir():
+		return d, fmt.Errorf("remove %q: %w", name, ErrIsDir)
+	}
+	if n.IsDir() {
+		empty, err := f.dirEmpty(chain, ino)
+		if err != nil {
+			return d, err
+		}
+		if !empty {
+			return d, fmt.Errorf("rmdir %q: %w", name, ErrNotEmpty)
+		}
+	}
+	now := time.Now().UnixNano()
+	b := f.open
+	f.unlinkEntry(b, dir, name, cookie)
+	f.dropLink(b, chain, &n, now)
+	if n.IsDir() {
+		d.Nlink--
+	}
+	d.Mtime, d.Ctime = now, now
+	b.setKV(inodeKey(dir), d.encode())
+	return d, nil
+}
+
+// dropLink decrements n's link count after one of its names went away,
+// deleting the inode and all its data when none is left. Deleting a file's
+// data is one range deletion however large the file (see applyPunch).
+func (f *FS) dropLink(b *batch, chain []*batch, n *Inode, now int64) {
+	if n.IsDir() || n.Nlink <= 1 {
+		rw := f.inodeRW(n.Ino)
+		rw.Lock() // no write to the file may be under way or follow
+		b.deleteKV(inodeKey(n.Ino))
+		if n.IsReg() {
+			b.punch(n.Ino, 0, math.MaxUint64)
+		}
+		rw.Unlock()
+		return
+	}
+	n.Nlink--
+	n.Ctime = now
+	f.putInode(b, n)
+}
+
+// stickyCheck: in a sticky directory only the owner of the entry, the owner
+// of the directory, or root may remove or rename it.
+func stickyCheck(c *Cred, d, n *Inode) error {
+	if d.Mode&modeSticky == 0 || c.root() || c.Uid == d.Uid || c.Uid == n.Uid {
+		return nil
+	}
+	return fmt.Errorf("sticky directory %d: %w", d.Ino, ErrPerm)
+}
+
+func (f *FS) dirEmpty(chain []*batch, dir uint64) (bool, error) {
+	empty := true
+	err := f.scan(chain, cookiePrefix(dir), prefixEnd(cookiePrefix(dir)), func(k, v []byte) bool {
+		empty = false
+		return false
+	})
+	return empty, err
+}
+
+// Rename moves srcDir/srcName to dstDir/dstName with POSIX semantics:
+// an existing destination is replaced atomically (a file by a file, an empty
+// directory by a directory); renaming a name onto another name of the same
+// inode does nothing; a directory cannot move into its own subtree.
+func (f *FS) Rename(ctx context.Context, c *Cred, srcDir uint64, srcName string, dstDir uint64, dstName string) error {
+	if err := checkName(srcName); err != nil {
+		return err
+	}
+	if err := checkName(dstName); err != nil {
+		return err
+	}
+	f.nsMu.Lock()
+	defer f.nsMu.Unlock()
+	f.viewMu.RLock()
+	defer f.viewMu.RUnlock()
+	if err := f.Err(); err != nil {
+		return f.writeErr(err)
+	}
+	chain := f.chainLocked()
+	sd, err := f.getDir(chain, c, srcDir, true)
+	if err != nil {
+		return err
+	}
+	dd := sd
+	if dstDir != srcDir {
+		if dd, err = f.getDir(chain, c, dstDir, true); err != nil {
+			return err
+		}
+	}
+	ino, cookie, typ, ok, err := f.lookupEntry(chain, srcDir, srcName)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("rename %q: %w", srcName, ErrNotExist)
+	}
+	n, err := f.getInode(chain, ino)
+	if err != nil {
+		return err
+	}
+	if err := stickyCheck(c, &sd, &n); err != nil {
+		return err
+	}
+	if srcDir == dstDir && srcName == dstName {
+		return nil
+	}
+	if n.IsDir() && dstDir != srcDir {
+		// The destination must not be the directory itself or inside it.
+		for p := dstDir; ; {
+			if p == ino {
+				return fmt.Errorf("rename directory %d into its own subtree: %w", ino, ErrInvalid)
+			}
+			if p == RootIno {
+				break
+			}
+			pi, err := f.getInode(chain, p)
+			if err != nil {
+				return err
+			}
+			p = pi.Parent
+		}
+		if !c.root() {
+			// Moving a directory rewrites its "..": needs write on it.
+			if err := c.access(&n, accessWrite); err != nil {
+				return err
+			}
+		}
+	}
+	now := time.Now().UnixNano()
+	b := f.open
+	dino, dcookie, _, dexists, err := f.lookupEntry(chain, dstDir, dstName)
+	if err != nil {
+		return err
+	}
+	if dexists {
+		if dino == ino {
+			return nil // two names of one inode: POSIX says do nothing
+		}
+		dn, err := f.getInode(chain, dino)
+		if err != nil {
+			return err
+		}
+		if err := stickyCheck(c, &dd, &dn); err != nil {
+			return err
+		}
+		switch {
+		case n.IsDir() && !dn.IsDir():
+			return fmt.Errorf("rename directory over %q: %w", dstName, ErrNotDir)
+		case !n.IsDir() && dn.IsDir():
+			return fmt.Errorf("rename over directory %q: %w", dstName, ErrIsDir)
+		case dn.IsDir():
+			empty, err := f.dirEmpty(chain, dino)
+			if err != nil {
+				return err
+			}
+			if !empty {
+				return fmt.Errorf("rename over %q: %w", dstName, ErrNotEmpty)
+			}
+			dd.Nlink--
+		}
+		f.unlinkEntry(b, dstDir, dstName, dcookie)
+		f.dropLink(b, chain, &dn, now)
+	}
+	f.unlinkEntry(b, srcDir, srcName, cookie)
+	if dstDir == srcDir {
+		f.linkEntry(b, &sd, dstName, ino, typ)
+		sd.Mtime, sd.Ctime = now, now
+		b.setKV(inodeKey(srcDir), sd.encode())
+	} else {
+		f.linkEntry(b, &dd, dstName, ino, typ)
+		if n.IsDir() {
+			sd.Nlink--
+			dd.Nlink++
+			n.Parent = dstDir
+		}
+		sd.Mtime, sd.Ctime = now, now
+		dd.Mtime, dd.Ctime = now, now
+		b.setKV(inodeKey(srcDir), sd.encode())
+		b.setKV(inodeKey(dstDir), dd.encode())
+	}
+	n.Ctime = now
+	f.putInode(b, &n)
+	return nil
+}
+
+// ReadDir lists directory dir after cookie (0: from the start), at most max
+// entries. "." and ".." are not included; adapters add them. eof reports
+// that the listing is complete.
+func (f *FS) ReadDir(ctx context.Context, c *Cred, dir uint64, cookie uint64, max int) ([]DirEntry, bool, error) {
+	chain := f.chain()
+	d, err := f.getInode(chain, dir)
+	if err != nil {
+		return nil, false, err
+	}
+	if !d.IsDir() {
+		return nil, false, fmt.Errorf("readdir inode %d: %w", dir, ErrNotDir)
+	}
+	if err := c.access(&d, accessRead); err != nil {
+		return nil, false, err
+	}
+	var out []DirEntry
+	eof := true
+	var scanErr error
+	start := cookieKey(dir, cookie+1)
+	if cookie == math.MaxUint64 {
+		return nil, true, nil
+	}
+	err = f.scan(chain, start, prefixEnd(cookiePrefix(dir)), func(k, v []byte) bool {
+		if len(out) >= max {
+			eof = false
+			return false
+		}
+		if len(v) < 8 || len(k) != 17 {
+			scanErr = fmt.Errorf("corrupt directory cookie entry: %w", ErrIO)
+			return false
+		}
+		e := DirEntry{Ino: binary.BigEndian.Uint64(v), Name: string(v[8:]), Cookie: binary.BigEndian.Uint64(k[9:])}
+		out = append(out, e)
+		return true
+	})
+	if err == nil {
+		err = scanErr
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	// Types come from the name entries (kept with them so listing needs no
+	// inode reads).
+	for i := range out {
+		if _, _, typ, ok, err := f.lookupEntry(chain, dir, out[i].Name); err == nil && ok {
+			out[i].Type = typ
+		}
+	}
+	return out, eof, nil
+}
+
+// scan calls fn for every metadata key in [start, end) in order, merging the
+// batch chain over pebble (newest value wins, deletions hide).
+func (f *FS) scan(chain []*batch, start, end []byte, fn func(k, v []byte) bool) error {
+	over := make(map[string]kvItem)
+	for _, b := range chain { // oldest first: newer batches overwrite
+		b.scanKV(start, end, func(it kvItem) bool {
+			over[it.key] = it
+			return true
+		})
+	}
+	keys := make([]string, 0, len(over))
+	for k := range over {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	it, err := f.db.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: end})
+	if err != nil {
+		return fmt.Errorf("metadata scan: %w: %w", ErrIO, err)
+	}
+	defer it.Close()
+	ok := it.First()
+	i := 0
+	for ok || i < len(keys) {
+		var k, v []byte
+		switch {
+		case i < len(keys) && (!ok || bytes.Compare([]byte(keys[i]), it.Key()) <= 0):
+			item := over[keys[i]]
+			if ok && keys[i] == string(it.Key()) {
+				ok = it.Next() // the batch's value shadows pebble's
+			}
+			i++
+			if item.del {
+				continue
+			}
+			k, v = []byte(item.key), item.val
+		default:
+			k, v = it.Key(), it.Value()
+			ok = it.Next()
+		}
+		if !fn(k, v) {
+			return nil
+		}
+	}
+	return it.Error()
+}

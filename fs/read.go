@@ -1,0 +1,192 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"zerofs/frame"
+	"zerofs/store"
+	"zerofs/wal"
+)
+
+// Read reads up to len(p) bytes at off of regular file ino. It returns the
+// bytes read and whether the read reached the end of the file. Unwritten and
+// punched ranges read as zeros. Corrupt or missing data is an EIO error for
+// the read, never wrong bytes.
+//
+// Read order: the batch chain (newest first), then the chunk's pieces from
+// pebble, whose frames come from the memory cache or one ranged GET each;
+// concurrent misses on one frame share the GET.
+func (f *FS) Read(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte) (int, bool, error) {
+	chain := f.chain()
+	n, err := f.getInode(chain, ino)
+	if err != nil {
+		return 0, false, err
+	}
+	if err := writable(&n); err != nil {
+		return 0, false, err
+	}
+	if err := c.access(&n, accessRead); err != nil {
+		return 0, false, err
+	}
+	if off >= n.Size {
+		return 0, true, nil
+	}
+	total := int(min(uint64(len(p)), n.Size-off))
+	if err := f.readRange(ctx, chain, ino, off, p[:total]); err != nil {
+		return 0, false, err
+	}
+	return total, off+uint64(total) >= n.Size, nil
+}
+
+// readRange fills p with the file's bytes at off, ignoring the file size.
+func (f *FS) readRange(ctx context.Context, chain []*batch, ino, off uint64, p []byte) error {
+	cs := uint64(f.chunkSize)
+	for done := 0; done < len(p); {
+		pos := off + uint64(done)
+		id := chunkID{ino, pos / cs}
+		a := uint32(pos % cs)
+		e := uint32(min(cs, uint64(a)+uint64(len(p)-done)))
+		if err := f.readChunk(ctx, chain, id, a, e, p[done:done+int(e-a)]); err != nil {
+			return err
+		}
+		done += int(e - a)
+	}
+	return nil
+}
+
+// readChunk fills dst with bytes [a, e) of chunk id.
+func (f *FS) readChunk(ctx context.Context, chain []*batch, id chunkID, a, e uint32, dst []byte) error {
+	for attempt := 0; ; attempt++ {
+		clear(dst)
+		mu := f.chunkLock(id)
+		mu.Lock()
+		dc, pieces, err := f.lookupChunk(chain, id)
+		if err == nil && dc != nil {
+			for _, s := range dc.cover {
+				lo, hi := max(s.a, a), min(s.b, e)
+				if lo < hi {
+					copy(dst[lo-a:hi-a], dc.data[lo:hi])
+				}
+			}
+			pieces = dc.base
+		}
+		mu.Unlock()
+		if err != nil {
+			return err
+		}
+		err = f.fillPieces(ctx, id, pieces, a, e, dst)
+		if errors.Is(err, errObjectGone) && attempt < 3 {
+			// Garbage collection moved the frame and deleted its old
+			// object between our lookup and the GET: look again.
+			chain = f.chain()
+			continue
+		}
+		return err
+	}
+}
+
+// fillPieces copies the parts of pieces that overlap [a, e) into dst.
+func (f *FS) fillPieces(ctx context.Context, id chunkID, pieces []Piece, a, e uint32, dst []byte) error {
+	for _, p := range pieces {
+		lo, hi := max(p.Off, a), min(p.end(), e)
+		if lo >= hi {
+			continue
+		}
+		raw, err := f.frameData(ctx, p.Frame, id)
+		if err != nil {
+			return err
+		}
+		src := p.Skip + (lo - p.Off)
+		copy(dst[lo-a:hi-a], raw[src:src+(hi-lo)])
+	}
+	return nil
+}
+
+var errObjectGone = errors.New("data object not found")
+
+// frameData returns the decoded bytes of frame ref of chunk id.
+func (f *FS) frameData(ctx context.Context, ref FrameRef, id chunkID) ([]byte, error) {
+	if raw, ok := f.cache.Get(ref.ID); ok {
+		return raw, nil
+	}
+	return f.flights.do(ref.ID, func() ([]byte, error) {
+		enc, err := f.readObject(ctx, ref.Obj, int64(ref.Off), int64(ref.Size))
+		if err != nil {
+			return nil, err
+		}
+		raw, err := f.coder.Decode(nil, enc, frame.ID{Frame: ref.ID, Ino: id.ino, Chunk: id.idx})
+		if err == nil && len(raw) != int(ref.Raw) {
+			err = fmt.Errorf("frame %016x decoded to %d bytes, metadata says %d: %w", ref.ID, len(raw), ref.Raw, frame.ErrCorrupt)
+		}
+		if err != nil {
+			f.stats.CorruptFrames.Add(1)
+			f.log.Error("corrupt data frame: reads of this range fail with EIO", "inode", id.ino, "chunk", id.idx,
+				"object", ref.Obj.String(), "offset", ref.Off, "err", err)
+			return nil, fmt.Errorf("inode %d chunk %d: %w: %w", id.ino, id.idx, ErrIO, err)
+		}
+		f.cache.Put(ref.ID, raw)
+		return raw, nil
+	})
+}
+
+// readObject reads n bytes at off of a data object.
+func (f *FS) readObject(ctx context.Context, o ObjRef, off, n int64) ([]byte, error) {
+	var st store.Store
+	var key string
+	switch o.Kind {
+	case ObjWAL:
+		st, key = f.wal.Records(), wal.Key(o.ID)
+	case ObjSeg:
+		st, key = f.main, segmentKey(o.ID)
+	default:
+		return nil, fmt.Errorf("object of unknown kind %d: %w", o.Kind, ErrIO)
+	}
+	b, err := st.Get(ctx, key, off, n)
+	f.stats.StoreGets.Add(1)
+	f.stats.StoreGetBytes.Add(int64(len(b)))
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, fmt.Errorf("read %s: %w: %w", key, errObjectGone, ErrIO)
+	case err != nil:
+		return nil, fmt.Errorf("read %s [%d, +%d): %w: %w", key, off, n, ErrIO, err)
+	case int64(len(b)) != n:
+		return nil, fmt.Errorf("read %s [%d, +%d): object ends after %d bytes: %w: %w", key, off, n, len(b), ErrIO, frame.ErrCorrupt)
+	}
+	return b, nil
+}
+
+// flightGroup makes concurrent misses on one frame share one GET.
+type flightGroup struct {
+	mu sync.Mutex
+	m  map[uint64]*flight
+}
+
+type flight struct {
+	done chan struct{}
+	val  []byte
+	err  error
+}
+
+func (g *flightGroup) do(id uint64, fn func() ([]byte, error)) ([]byte, error) {
+	g.mu.Lock()
+	if g.m == nil {
+		g.m = make(map[uint64]*flight)
+	}
+	if fl, ok := g.m[id]; ok {
+		g.mu.Unlock()
+		<-fl.done
+		return fl.val, fl.err
+	}
+	fl := &flight{done: make(chan struct{})}
+	g.m[id] = fl
+	g.mu.Unlock()
+	fl.val, fl.err = fn()
+	g.mu.Lock()
+	delete(g.m, id)
+	g.mu.Unlock()
+	close(fl.done)
+	return fl.val, fl.err
+}
