@@ -357,4 +357,3 @@ func (f *FS) dropObjects(objs []ObjRef) {
 	}
 	f.viewMu.RUnlock()
 }
-

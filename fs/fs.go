@@ -200,7 +200,7 @@ type FS struct {
 	appliedMu sync.Mutex
 	applied   wal.Position // last record applied to pebble
 
-	dirLock  *os.File // flock on the local state dir
+	dirLock *os.File // flock on the local state dir
 
 	bg       sync.WaitGroup
 	stop     chan struct{}

@@ -35,7 +35,7 @@ type Head struct {
 	// still be recognized as stale.
 	Base       Position `json:"base"`
 	Checkpoint string   `json:"checkpoint,omitempty"`
-	Init       []byte `json:"init,omitempty"`
+	Init       []byte   `json:"init,omitempty"`
 }
 
 // Position names one record: its sequence number and, because a sequence

@@ -340,7 +340,9 @@ func (l *Log) Check(ctx context.Context, after Position) error {
 }
 
 // ReadMeta reads record seq's header and meta (not its data), verified.
-func (l *Log) ReadMeta(ctx context.Context, seq uint64) (Record, error) { return l.readRecord(ctx, seq) }
+func (l *Log) ReadMeta(ctx context.Context, seq uint64) (Record, error) {
+	return l.readRecord(ctx, seq)
+}
 
 // readRecord reads the header and meta of record seq, not its data.
 func (l *Log) readRecord(ctx context.Context, seq uint64) (Record, error) {
