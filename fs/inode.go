@@ -49,6 +49,11 @@ type Inode struct {
 	// Verf is the verifier of an exclusive create (NFSv3 CREATE EXCLUSIVE),
 	// so a retransmitted create finds its own file instead of failing.
 	Verf uint64
+	// Gen is the writer epoch that created the inode. An inode number
+	// allocated by a create that a crash lost (never flushed) is allocated
+	// again after restart; handles carry (Ino, Gen) so an old handle to the
+	// lost file is stale instead of naming the new one.
+	Gen uint64
 }
 
 func (n *Inode) Type() uint32      { return n.Mode & TypeMask }
@@ -79,7 +84,8 @@ func (n *Inode) encode() []byte {
 	b = binary.AppendUvarint(b, n.NextCookie)
 	b = binary.AppendUvarint(b, uint64(len(n.Target)))
 	b = append(b, n.Target...)
-	return binary.AppendUvarint(b, n.Verf)
+	b = binary.AppendUvarint(b, n.Verf)
+	return binary.AppendUvarint(b, n.Gen)
 }
 
 func decodeInode(b []byte) (Inode, error) {
@@ -102,6 +108,7 @@ func decodeInode(b []byte) (Inode, error) {
 	n.NextCookie = d.uvarint()
 	n.Target = string(d.bytes(int(d.uvarintMax(maxTarget))))
 	n.Verf = d.uvarint()
+	n.Gen = d.uvarint()
 	if d.err != nil || len(d.b) != 0 {
 		return n, fmt.Errorf("inode record: %w", errBadInode)
 	}

@@ -192,7 +192,7 @@ func (f *FS) Create(ctx context.Context, c *Cred, dir uint64, name string, nn Ne
 	now := time.Now().UnixNano()
 	n := Inode{
 		Ino: ino, Mode: typ | nn.Mode&0o7777, Uid: c.uid(), Gid: c.gid(), Nlink: 1,
-		Atime: now, Mtime: now, Ctime: now, Target: nn.Target,
+		Atime: now, Mtime: now, Ctime: now, Target: nn.Target, Gen: f.epoch,
 	}
 	if nn.Exclusive {
 		n.Verf = nn.Verf
@@ -630,25 +630,22 @@ func (f *FS) scan(chain []*batch, start, end []byte, fn func(k, v []byte) bool) 
 	ok := it.First()
 	i := 0
 	for ok || i < len(keys) {
-		var k, v []byte
-		switch {
-		case i < len(keys) && (!ok || bytes.Compare([]byte(keys[i]), it.Key()) <= 0):
+		if i < len(keys) && (!ok || bytes.Compare([]byte(keys[i]), it.Key()) <= 0) {
 			item := over[keys[i]]
 			if ok && keys[i] == string(it.Key()) {
 				ok = it.Next() // the batch's value shadows pebble's
 			}
 			i++
-			if item.del {
-				continue
+			if !item.del && !fn([]byte(item.key), item.val) {
+				return nil
 			}
-			k, v = []byte(item.key), item.val
-		default:
-			k, v = it.Key(), it.Value()
-			ok = it.Next()
+			continue
 		}
-		if !fn(k, v) {
+		// pebble's Key and Value are valid only until the iterator moves.
+		if !fn(it.Key(), it.Value()) {
 			return nil
 		}
+		ok = it.Next()
 	}
 	return it.Error()
 }

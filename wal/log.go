@@ -91,6 +91,7 @@ type Log struct {
 	pending  []*Commit // appended, not yet completed in order; pending[0] is the oldest
 	last     Position  // last record known durable, in order
 	failed   error     // sticky: ErrFenced or ErrClosed
+	closing  bool      // Close has begun: no new writer goroutines
 }
 
 // Commit is one appended record on its way to the store.
@@ -510,16 +511,21 @@ func (l *Log) Append(build func(seq uint64) (meta, data []byte)) (*Commit, error
 		<-l.sem
 		return nil, err
 	}
+	if l.closing {
+		l.mu.Unlock()
+		<-l.sem
+		return nil, ErrClosed
+	}
 	seq := l.next
 	l.next++
 	c := &Commit{Pos: Position{Seq: seq, Epoch: l.epoch, ID: randomID()}, done: make(chan struct{})}
 	l.pending = append(l.pending, c)
+	l.wg.Add(1) // under mu, so it never races Close's Wait
 	l.mu.Unlock()
 
 	meta, data := build(seq)
 	h := header{fsid: l.fsid, seq: seq, epoch: l.epoch, id: c.Pos.ID}
 	rec := encodeRecord(h, meta, data)
-	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
 		defer func() { <-l.sem }()
@@ -559,7 +565,9 @@ func (l *Log) fail(err error) {
 	l.mu.Lock()
 	if l.failed == nil {
 		l.failed = err
-		l.log.Error("WAL stopped: this writer can no longer append", "err", err, "epoch", l.epoch)
+		if !errors.Is(err, ErrClosed) {
+			l.log.Error("WAL stopped: this writer can no longer append", "err", err, "epoch", l.epoch)
+		}
 	}
 	l.mu.Unlock()
 }
@@ -631,6 +639,9 @@ func (l *Log) Delete(ctx context.Context, seq uint64) error {
 // ErrClosed unless they already landed) and Close waits for their goroutines.
 // It does not wait for anything to become durable; callers flush first.
 func (l *Log) Close() error {
+	l.mu.Lock()
+	l.closing = true
+	l.mu.Unlock()
 	l.cancel()
 	l.wg.Wait()
 	l.fail(ErrClosed)

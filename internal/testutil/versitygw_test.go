@@ -1,0 +1,63 @@
+package testutil
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// fakeTB records how StartVersityGW ends a test without ending this one.
+type fakeTB struct {
+	testing.TB
+	outcome, msg string
+}
+
+func (f *fakeTB) Helper()                      {}
+func (f *fakeTB) TempDir() string              { return os.TempDir() }
+func (f *fakeTB) Fatal(args ...any)            { f.end("fail", fmt.Sprint(args...)) }
+func (f *fakeTB) Fatalf(s string, args ...any) { f.end("fail", fmt.Sprintf(s, args...)) }
+func (f *fakeTB) Skip(args ...any)             { f.end("skip", fmt.Sprint(args...)) }
+func (f *fakeTB) Skipf(s string, args ...any)  { f.end("skip", fmt.Sprintf(s, args...)) }
+func (f *fakeTB) end(outcome, msg string) {
+	f.outcome, f.msg = outcome, msg
+	runtime.Goexit()
+}
+
+func startIn(t *testing.T, dir string) *fakeTB {
+	t.Chdir(dir)
+	f := &fakeTB{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		StartVersityGW(f)
+	}()
+	<-done
+	return f
+}
+
+func TestMissingBinary(t *testing.T) {
+	dir := t.TempDir() // a "repo" without .bin/versitygw
+	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(dir, "a", "b")
+	if err := os.MkdirAll(sub, 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Setenv(SkipS3Env, "")
+	f := startIn(t, sub)
+	if f.outcome != "fail" || !strings.Contains(f.msg, "scripts/install-test-deps.sh") ||
+		!strings.Contains(f.msg, filepath.Join(dir, ".bin", "versitygw")) {
+		t.Fatalf("without the binary: %s %q; want a failure naming the path and the install script", f.outcome, f.msg)
+	}
+
+	t.Setenv(SkipS3Env, "1")
+	f = startIn(t, sub)
+	if f.outcome != "skip" {
+		t.Fatalf("without the binary and with %s=1: %s %q; want a skip", SkipS3Env, f.outcome, f.msg)
+	}
+}
