@@ -62,7 +62,13 @@ type Options struct {
 	// the store keeps failing. An append is retried until it succeeds, the
 	// log is fenced or closed: a store outage makes flushes wait, not fail.
 	RetryMin, RetryMax time.Duration
-	Logger             *slog.Logger
+	// HeadCheckInterval is how often a writer reads the head object to learn
+	// that a newer writer has claimed the filesystem. The fence record stops
+	// an old writer at its next append anyway; this bounds how long an old
+	// writer can go on appending while the new one is still replaying.
+	// Default 1s; negative disables.
+	HeadCheckInterval time.Duration
+	Logger            *slog.Logger
 }
 
 // Log is an open, claimed log. Replay must be called once before Append.
@@ -71,6 +77,7 @@ type Log struct {
 	log           *slog.Logger
 	retryMin      time.Duration
 	retryMax      time.Duration
+	headCheck     time.Duration
 
 	ctx    context.Context // canceled by Close: aborts writes and retries
 	cancel context.CancelFunc
@@ -142,7 +149,11 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.HeadCheckInterval == 0 {
+		opts.HeadCheckInterval = time.Second
+	}
 	l := &Log{
+		headCheck: opts.HeadCheckInterval,
 		main: opts.Main, records: opts.Records, log: opts.Logger,
 		retryMin: opts.RetryMin, retryMax: opts.RetryMax,
 		sem: make(chan struct{}, opts.MaxInFlight),
@@ -236,69 +247,36 @@ func (l *Log) Replay(ctx context.Context, after Position, fn func(Record) error)
 	if err := l.Check(ctx, after); err != nil {
 		return Position{}, err
 	}
-	infos, err := l.records.List(ctx, "wal/")
-	if err != nil {
-		return Position{}, fmt.Errorf("list WAL records in %s: %w", l.records, err)
-	}
-	present := make(map[uint64]bool, len(infos))
-	for _, in := range infos {
-		if seq, ok := parseKey(in.Key); ok {
-			present[seq] = true
-		}
+	rs := &replayState{l: l, fn: fn, last: after, maxEpoch: after.Epoch, seq: after.Seq + 1, epoch: head.Epoch, started: time.Now()}
+	if err := rs.catchUp(ctx); err != nil {
+		return Position{}, err
 	}
 
-	last := after
-	maxEpoch := after.Epoch
-	started := time.Now()
-	replayed, skipped := 0, 0
-	apply := func(r Record) error {
-		if err := fn(r); err != nil {
-			return fmt.Errorf("replay record %d: %w", r.Seq, err)
-		}
-		last = Position{Seq: r.Seq, Epoch: r.Epoch, ID: r.ID}
-		maxEpoch = r.Epoch
-		replayed++
-		if replayed%1000 == 0 {
-			l.log.Info("replaying WAL", "seq", r.Seq, "records", replayed, "elapsed", time.Since(started).Round(time.Millisecond))
-		}
-		return nil
-	}
-	seq := after.Seq + 1
-	for ; present[seq]; seq++ {
-		r, err := l.readRecord(ctx, seq)
-		if err != nil {
-			return Position{}, err
-		}
-		if r.Epoch > head.Epoch {
-			return Position{}, fmt.Errorf("record %d has epoch %d, newer than ours (%d): %w", seq, r.Epoch, head.Epoch, ErrFenced)
-		}
-		if r.Epoch < maxEpoch {
-			skipped++ // an older writer's unacknowledged leftover: not history
-			continue
-		}
-		if err := apply(r); err != nil {
-			return Position{}, err
-		}
-	}
-
-	// Fence: take sequence number seq. A record appearing there since the
+	// Fence: take sequence number rs.seq. A record appearing there since the
 	// listing was written by a still-running older writer after its
 	// predecessor, which we replayed; it may have been acknowledged, so it is
-	// history: replay it and try the next number.
+	// history: replay it, catch up with whatever else that writer added, and
+	// try again. The old writer stops soon on its own (watchHead), so this
+	// converges even against a writer appending as fast as it can.
+	var last Position
 	for {
 		id := randomID()
-		h := header{fsid: head.FSID, seq: seq, epoch: head.Epoch, id: id, flags: FlagFence}
-		err := l.writeRecord(ctx, h, encodeRecord(h, nil, nil), maxEpoch, func(r Record) error { return apply(r) })
+		h := header{fsid: head.FSID, seq: rs.seq, epoch: head.Epoch, id: id, flags: FlagFence}
+		err := l.writeRecord(ctx, h, encodeRecord(h, nil, nil), rs.maxEpoch, rs.apply)
 		if errors.Is(err, errContinuation) {
-			seq++
+			rs.seq++
+			if err := rs.catchUp(ctx); err != nil {
+				return Position{}, err
+			}
 			continue
 		}
 		if err != nil {
-			return Position{}, fmt.Errorf("fence WAL at record %d: %w", seq, err)
+			return Position{}, fmt.Errorf("fence WAL at record %d: %w", rs.seq, err)
 		}
-		last = Position{Seq: seq, Epoch: head.Epoch, ID: id}
+		last = Position{Seq: rs.seq, Epoch: head.Epoch, ID: id}
 		break
 	}
+	replayed, skipped, started := rs.replayed, rs.skipped, rs.started
 	if replayed > 0 || skipped > 0 {
 		l.log.Info("replayed WAL", "records", replayed, "stale_skipped", skipped, "fence_seq", last.Seq,
 			"elapsed", time.Since(started).Round(time.Millisecond))
@@ -307,8 +285,49 @@ func (l *Log) Replay(ctx context.Context, after Position, fn func(Record) error)
 	l.replayed = true
 	l.next = last.Seq + 1
 	l.last = last
+	if l.headCheck > 0 && !l.closing {
+		l.wg.Add(1)
+		go l.watchHead()
+	}
 	l.mu.Unlock()
 	return last, nil
+}
+
+// watchHead polls the head object and fences this writer as soon as a newer
+// one has claimed the filesystem.
+func (l *Log) watchHead() {
+	defer l.wg.Done()
+	t := time.NewTicker(l.headCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.ctx.Done():
+			return
+		case <-t.C:
+		}
+		info, err := l.main.Head(l.ctx, HeadKey)
+		if err != nil {
+			continue // the store is unreachable: appends will tell
+		}
+		l.headMu.Lock()
+		ours := l.headETag
+		l.headMu.Unlock()
+		if info.ETag == ours {
+			continue
+		}
+		data, err := l.main.Get(l.ctx, HeadKey, 0, -1)
+		if err != nil {
+			continue
+		}
+		h, err := decodeHead(data)
+		if err != nil {
+			continue
+		}
+		if h.Epoch > l.epoch {
+			l.fail(fmt.Errorf("the head in %s was claimed by epoch %d (ours is %d): %w", l.main, h.Epoch, l.epoch, ErrFenced))
+			return
+		}
+	}
 }
 
 // Check verifies that after, a position a local copy of the state says it
@@ -336,6 +355,98 @@ func (l *Log) Check(ctx context.Context, after Position) error {
 	}
 	if h.fsid != head.FSID || h.epoch != after.Epoch || h.id != after.ID {
 		return fmt.Errorf("WAL record %d is not the one local state applied: %w", after.Seq, ErrDiverged)
+	}
+	return nil
+}
+
+// replayState carries replay across the initial pass and the catch-up
+// rounds of fencing.
+type replayState struct {
+	l        *Log
+	fn       func(Record) error
+	last     Position
+	maxEpoch uint64
+	seq      uint64 // next sequence number to replay
+	epoch    uint64 // the replaying writer's epoch
+	replayed int
+	skipped  int
+	started  time.Time
+}
+
+func (rs *replayState) apply(r Record) error {
+	if err := rs.fn(r); err != nil {
+		return fmt.Errorf("replay record %d: %w", r.Seq, err)
+	}
+	rs.last = Position{Seq: r.Seq, Epoch: r.Epoch, ID: r.ID}
+	rs.maxEpoch = r.Epoch
+	rs.replayed++
+	if rs.replayed%1000 == 0 {
+		rs.l.log.Info("replaying WAL", "seq", r.Seq, "records", rs.replayed, "elapsed", time.Since(rs.started).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// replayWindow is how many records replay reads ahead in parallel.
+const replayWindow = 16
+
+// catchUp lists the records and replays those present from rs.seq on, in
+// order, reading up to replayWindow of them at once.
+func (rs *replayState) catchUp(ctx context.Context) error {
+	l := rs.l
+	infos, err := l.records.List(ctx, "wal/")
+	if err != nil {
+		return fmt.Errorf("list WAL records in %s: %w", l.records, err)
+	}
+	present := make(map[uint64]bool, len(infos))
+	for _, in := range infos {
+		if seq, ok := parseKey(in.Key); ok {
+			present[seq] = true
+		}
+	}
+	type result struct {
+		r   Record
+		err error
+	}
+	var window []chan result
+	next := rs.seq
+	fill := func() {
+		for len(window) < replayWindow && present[next] {
+			ch := make(chan result, 1)
+			go func(seq uint64) {
+				r, err := l.readRecord(ctx, seq)
+				ch <- result{r, err}
+			}(next)
+			window = append(window, ch)
+			next++
+		}
+	}
+	for fill(); len(window) > 0; fill() {
+		res := <-window[0]
+		window = window[1:]
+		if res.err != nil {
+			for _, ch := range window {
+				<-ch
+			}
+			return res.err
+		}
+		r := res.r
+		rs.seq = r.Seq + 1
+		if r.Epoch > rs.epoch {
+			for _, ch := range window {
+				<-ch
+			}
+			return fmt.Errorf("record %d has epoch %d, newer than ours (%d): %w", r.Seq, r.Epoch, rs.epoch, ErrFenced)
+		}
+		if r.Epoch < rs.maxEpoch {
+			rs.skipped++ // an older writer's unacknowledged leftover: not history
+			continue
+		}
+		if err := rs.apply(r); err != nil {
+			for _, ch := range window {
+				<-ch
+			}
+			return err
+		}
 	}
 	return nil
 }
