@@ -260,6 +260,9 @@ func (f *FS) ticker() {
 			f.rotateLocked()
 			f.viewMu.Unlock()
 		case now := <-tick.C:
+			if err := f.wal.Failed(); err != nil && f.Err() == nil {
+				f.fail(err) // fenced while idle: refuse writes now, not at the next seal
+			}
 			f.viewMu.Lock()
 			if !f.open.empty() && now.Sub(f.open.created) >= f.opts.BatchAge {
 				f.rotateLocked()

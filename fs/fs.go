@@ -411,9 +411,12 @@ func (f *FS) Close() error {
 // yet durable are dropped. For tests of recovery.
 func (f *FS) crash() {
 	f.closeMu.Lock()
+	already := f.closed
 	f.closed = true
 	f.closeMu.Unlock()
-	f.shutdown()
+	if !already {
+		f.shutdown()
+	}
 }
 
 func (f *FS) shutdown() {
