@@ -154,7 +154,7 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 	}
 	l := &Log{
 		headCheck: opts.HeadCheckInterval,
-		main: opts.Main, records: opts.Records, log: opts.Logger,
+		main:      opts.Main, records: opts.Records, log: opts.Logger,
 		retryMin: opts.RetryMin, retryMax: opts.RetryMax,
 		sem: make(chan struct{}, opts.MaxInFlight),
 	}

@@ -140,7 +140,7 @@ func TestReplayStopsAtGapAndSkipsStaleLeftovers(t *testing.T) {
 	st := &faultStore{Store: mem}
 	l := open(t, st)
 	l.Replay(context.Background(), l.Head().Base, func(Record) error { return nil }) // fence = record 1
-	appendMeta(t, l, "a").Wait(context.Background())                                  // record 2
+	appendMeta(t, l, "a").Wait(context.Background())                                 // record 2
 	var block sync.WaitGroup
 	block.Add(1)
 	st.delay = func(key string) time.Duration {
@@ -413,7 +413,9 @@ func TestCorruptRecordIsReported(t *testing.T) {
 		{"flipped meta byte", func(b []byte) []byte { b[HeaderSize] ^= 1; return b }},
 		{"truncated header", func(b []byte) []byte { return b[:HeaderSize-1] }},
 		{"truncated meta", func(b []byte) []byte { return b[:HeaderSize+3] }},
-		{"foreign object", func(b []byte) []byte { return []byte("not a WAL record at all, just some bytes.........................................") }},
+		{"foreign object", func(b []byte) []byte {
+			return []byte("not a WAL record at all, just some bytes.........................................")
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st2 := store.NewMem()
