@@ -345,8 +345,8 @@ func crashChild(t *testing.T) {
 	if r.IntN(2) == 0 {
 		// Checkpoints and GC passes in the background, so kills land in
 		// them too.
-		opts.CheckpointInterval = time.Duration(100+r.IntN(300)) * time.Millisecond
-		opts.GCInterval = time.Duration(100+r.IntN(300)) * time.Millisecond
+		opts.CheckpointInterval = time.Duration(30+r.IntN(200)) * time.Millisecond
+		opts.GCInterval = time.Duration(30+r.IntN(200)) * time.Millisecond
 	}
 	f, err := Open(ctx, opts)
 	if err != nil {
@@ -526,7 +526,10 @@ func (c *crashChildRun) kill(t *testing.T) {
 	default:
 	}
 	if err := c.cmd.Process.Kill(); err != nil {
-		t.Fatalf("kill child: %v", err)
+		err := <-c.exited
+		<-c.eof
+		c.stdin.Close()
+		t.Fatalf("child exited before it was killed (%v)\n%s", err, c.output())
 	}
 	err := <-c.exited
 	<-c.eof
@@ -676,6 +679,13 @@ func TestCrashProcessKill(t *testing.T) {
 		if err := writeCrashJournal(journal, ops); err != nil {
 			t.Fatal(err)
 		}
+		if r.IntN(3) == 0 {
+			// Pack and checkpoint, so later children overwrite and punch
+			// data in segments too.
+			if err := f.Compact(ctx); err != nil {
+				t.Fatalf("round %d: compact: %v", round, err)
+			}
+		}
 		if r.IntN(2) == 0 {
 			if err := f.Close(); err != nil {
 				t.Fatalf("round %d: close: %v", round, err)
@@ -687,9 +697,16 @@ func TestCrashProcessKill(t *testing.T) {
 	if totalAcked == 0 {
 		t.Fatalf("no child ever acknowledged a flush: the test checked nothing")
 	}
-	t.Logf("%d rounds in %v (%d fresh machines): %d entries acknowledged, %d recovered, %d unflushed lost; files now %d, %d, %d bytes",
+	objects := map[string]int{}
+	if infos, err := st.List(ctx, ""); err == nil {
+		for _, in := range infos {
+			kind, _, _ := strings.Cut(in.Key, "/")
+			objects[kind]++
+		}
+	}
+	t.Logf("%d rounds in %v (%d fresh machines): %d entries acknowledged, %d recovered, %d unflushed lost; files now %d, %d, %d bytes; store objects %v",
 		rounds, time.Since(started).Round(time.Millisecond), freshRounds, totalAcked, totalRecovered, totalLost,
-		len(model[0]), len(model[1]), len(model[2]))
+		len(model[0]), len(model[1]), len(model[2]), objects)
 }
 
 // readCrashFiles reads the crash files' contents; missing files (the first
