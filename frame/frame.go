@@ -125,7 +125,7 @@ func (c *Coder) Encode(dst, raw []byte, id ID) []byte {
 		plain = c.zenc.EncodeAll(raw, plain)
 		used = Zstd
 	case LZ4:
-		plain = plain[:hdr+lz4.CompressBlockBound(len(raw))]
+		plain = append(plain, make([]byte, lz4.CompressBlockBound(len(raw)))...)
 		var comp lz4.Compressor
 		n, err := comp.CompressBlock(raw, plain[hdr:])
 		if err == nil && n > 0 {

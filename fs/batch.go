@@ -48,6 +48,15 @@ type batch struct {
 	recSize int64 // size of the whole record object
 	durable chan struct{}
 	err     error // valid once durable is closed: nil on success
+	once    sync.Once
+}
+
+// finish records the batch's outcome and wakes its flush waiters, once.
+func (b *batch) finish(err error) {
+	b.once.Do(func() {
+		b.err = err
+		close(b.durable)
+	})
 }
 
 const chunkShards = 64

@@ -13,14 +13,19 @@ import (
 // The commit pipeline: three goroutines, each handling batches strictly in
 // seal order, so that WAL order, durability order and apply order are one.
 //
-//	sealer     encodes a rotated batch (frames compressed and sealed in
-//	           parallel, the delta sealed under the record's sequence number)
-//	           and starts its WAL append. It does not wait for the append: up
-//	           to Options.WALInFlight records are written at once, while new
-//	           writes fill the next open batch.
+//	sealer     rotates the open batch when a flush, its size or its age asks
+//	           for it — but only once the WAL has room for another record in
+//	           flight. That is the group commit: while Options.WALInFlight
+//	           records are being written, flushes wait and their writes pile
+//	           up in the open batch, and the next rotation takes them all into
+//	           one record. It then encodes the batch (frames compressed and
+//	           sealed in parallel, the delta sealed under the record's
+//	           sequence number) and starts its WAL append without waiting for
+//	           it; new writes go on into the next open batch.
 //	completer  waits for each append in order. When one is durable it wakes
 //	           the batch's flush waiters at once — before applying, which may
-//	           take longer — and hands the batch to the applier.
+//	           take longer — frees its pipeline slot, and hands the batch to
+//	           the applier.
 //	applier    applies each durable batch's delta to pebble, then drops the
 //	           batch from the read chain and releases its memory.
 //
@@ -31,19 +36,25 @@ func (f *FS) sealer() {
 	defer f.bg.Done()
 	for {
 		select {
-		case b := <-f.sealCh:
-			f.seal(b)
+		case <-f.kick:
 		case <-f.stop:
-			for {
-				select {
-				case b := <-f.sealCh:
-					b.err = errClosed
-					f.doneCh <- b
-				default:
-					return
-				}
-			}
+			return
 		}
+		// Wait for room in the pipeline before rotating, so that everything
+		// written meanwhile goes into this one batch.
+		select {
+		case f.slots <- struct{}{}:
+		case <-f.stop:
+			return
+		}
+		f.viewMu.Lock()
+		b := f.rotateLocked()
+		f.viewMu.Unlock()
+		if b == nil {
+			<-f.slots
+			continue
+		}
+		f.seal(b)
 	}
 }
 
@@ -187,9 +198,10 @@ func (f *FS) completer() {
 			<-b.commit.Done() // the WAL completes every commit, even when closed
 			b.err = b.commit.Err()
 		}
+		<-f.slots
 		if b.err != nil {
 			f.fail(b.err)
-			close(b.durable)
+			b.finish(b.err)
 			continue
 		}
 		b.pos = b.commit.Pos
@@ -201,7 +213,7 @@ func (f *FS) completer() {
 			}
 			f.cache.Put(fr.id, raw)
 		}
-		close(b.durable)
+		b.finish(nil)
 		f.applyCh <- b
 	}
 }
@@ -255,19 +267,16 @@ func (f *FS) ticker() {
 		select {
 		case <-f.stop:
 			return
-		case <-f.kick:
-			f.viewMu.Lock()
-			f.rotateLocked()
-			f.viewMu.Unlock()
 		case now := <-tick.C:
 			if err := f.wal.Failed(); err != nil && f.Err() == nil {
 				f.fail(err) // fenced while idle: refuse writes now, not at the next seal
 			}
-			f.viewMu.Lock()
-			if !f.open.empty() && now.Sub(f.open.created) >= f.opts.BatchAge {
-				f.rotateLocked()
+			f.viewMu.RLock()
+			old := !f.open.empty() && now.Sub(f.open.created) >= f.opts.BatchAge
+			f.viewMu.RUnlock()
+			if old {
+				f.kickSeal()
 			}
-			f.viewMu.Unlock()
 			if f.Err() != nil {
 				continue
 			}

@@ -188,10 +188,10 @@ type FS struct {
 	memCV *sync.Cond
 	dirty int64 // bytes in dirty chunk buffers of unapplied batches
 
-	sealCh  chan *batch // rotated batches, to the sealer
+	kick    chan struct{} // asks the sealer for a seal
+	slots   chan struct{} // WAL records in flight: the sealer takes one per batch
 	doneCh  chan *batch // appended batches, to the completer
 	applyCh chan *batch // durable batches, to the applier
-	kick    chan struct{}
 
 	flights flightGroup // concurrent misses on one frame share one GET
 
@@ -263,10 +263,10 @@ func Open(ctx context.Context, opts Options) (*FS, error) {
 	f := &FS{
 		opts: opts, log: opts.Logger, main: opts.Main, wal: wlog, key: key, coder: coder, cache: c,
 		fsid: wlog.FSID(), epoch: wlog.Epoch(), chunkSize: uint32(p.ChunkSize),
-		sealCh:  make(chan *batch, 1024),
+		kick:    make(chan struct{}, 1),
+		slots:   make(chan struct{}, opts.WALInFlight),
 		doneCh:  make(chan *batch, 1024),
 		applyCh: make(chan *batch, 1024),
-		kick:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 	}
 	f.memCV = sync.NewCond(&f.memMu)
@@ -334,15 +334,19 @@ func (f *FS) Flush(ctx context.Context) error {
 	if err := f.Err(); err != nil {
 		return f.writeErr(err)
 	}
-	f.viewMu.Lock()
-	target := f.rotateLocked()
-	if target == nil && len(f.sealed) > 0 {
-		target = f.sealed[len(f.sealed)-1]
+	f.viewMu.RLock()
+	target := f.open
+	if target.empty() {
+		target = nil
+		if len(f.sealed) > 0 {
+			target = f.sealed[len(f.sealed)-1]
+		}
 	}
-	f.viewMu.Unlock()
+	f.viewMu.RUnlock()
 	if target == nil {
 		return nil
 	}
+	f.kickSeal() // a no-op if target is already sealed
 	select {
 	case <-target.durable:
 		if target.err != nil {
@@ -362,8 +366,8 @@ func (f *FS) writeErr(err error) error {
 	return fmt.Errorf("%w: %w", ErrIO, err)
 }
 
-// rotateLocked seals the open batch if it has changes and returns it. The
-// caller holds viewMu exclusively.
+// rotateLocked moves the open batch, if it has changes, to the sealed list
+// and opens a new one. Only the sealer calls it, holding viewMu exclusively.
 func (f *FS) rotateLocked() *batch {
 	b := f.open
 	if b.empty() {
@@ -372,7 +376,6 @@ func (f *FS) rotateLocked() *batch {
 	f.batchNum++
 	f.open = newBatch(f.batchNum)
 	f.sealed = append(f.sealed, b)
-	f.sealCh <- b
 	return b
 }
 
@@ -425,6 +428,13 @@ func (f *FS) shutdown() {
 	close(f.stop)
 	f.wal.Close() // abandons appends in flight; the completer sees them fail
 	f.bg.Wait()
+	// Flushes still waiting on batches the pipeline will never finish now.
+	f.viewMu.Lock()
+	for _, b := range f.sealed {
+		b.finish(errClosed)
+	}
+	f.open.finish(errClosed)
+	f.viewMu.Unlock()
 	f.memMu.Lock()
 	f.memCV.Broadcast()
 	f.memMu.Unlock()
