@@ -190,8 +190,8 @@ type FS struct {
 
 	kick    chan struct{} // asks the sealer for a seal
 	slots   chan struct{} // WAL records in flight: the sealer takes one per batch
-	doneCh  chan *batch // appended batches, to the completer
-	applyCh chan *batch // durable batches, to the applier
+	doneCh  chan *batch   // appended batches, to the completer
+	applyCh chan *batch   // durable batches, to the applier
 
 	flights flightGroup // concurrent misses on one frame share one GET
 

@@ -1,0 +1,46 @@
+# zerofs — see README.md. Targets:
+#   make test    install test dependencies (apt packages, versitygw), then run every test
+#   make bench   run the benchmarks (writes nothing; see docs/benchmarks.md)
+#   make fuzz    run every fuzz target for FUZZTIME (default 60s)
+#   make soak    the long randomized crash-recovery run
+
+GO       ?= go
+GOFLAGS  ?= -buildvcs=false
+export GOFLAGS
+
+.PHONY: all build test test-deps check unit fuzz-quick fuzz bench soak clean
+
+all: build
+
+build:
+	$(GO) build -o bin/zerofs ./cmd/zerofs
+
+test: test-deps check unit fuzz-quick
+
+test-deps:
+	./scripts/install-test-deps.sh
+
+# Formatting and vet first: cheap, and a failure there is the clearest.
+check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Every package under the race detector: the engine is concurrent throughout.
+unit:
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+fuzz-quick:
+	FUZZTIME=3s ./scripts/fuzz.sh
+
+fuzz:
+	FUZZTIME=$${FUZZTIME:-60s} ./scripts/fuzz.sh
+
+bench: test-deps
+	$(GO) test -run '^$$' -bench 'BenchmarkFlush' -benchtime 500x ./fs
+
+# Longer randomized crash-recovery runs with fresh seeds (not part of make test).
+soak:
+	for i in 1 2 3 4 5; do ZEROFS_MODEL_RANDOM=1 ZEROFS_MODEL_OPS=20000 $(GO) test -race -count=1 -run TestModelRandomCrashes -v ./fs | grep -E 'seed|PASS|FAIL' || exit 1; done
+
+clean:
+	rm -rf bin
