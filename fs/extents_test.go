@@ -1,0 +1,75 @@
+package fs
+
+import (
+	"context"
+	"testing"
+
+	"zerofs/store"
+)
+
+func TestExtents(t *testing.T) {
+	ctx := context.Background()
+	f := mustOpen(t, testOptions(t, store.NewMem(), t.TempDir()))
+	defer f.Close()
+	n := mustCreate(t, f, RootIno, "sparse", TypeRegular|0o644)
+	size := uint64(1 << 40) // a 1 TiB file: holes must cost nothing
+	if _, _, err := f.SetAttr(ctx, Root, n.Ino, SetAttrs{Size: &size}); err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 6000)
+	for i := range data {
+		data[i] = 1
+	}
+	mustWrite(t, f, n.Ino, 4096*10+100, data) // chunks 10 and 11, partly
+	mustWrite(t, f, n.Ino, 1<<39, data[:4096]) // chunk 2^27, whole
+	check := func(stage string) {
+		t.Helper()
+		var got []Extent
+		for off := uint64(0); off < size; {
+			ext, err := f.Extents(ctx, n.Ino, off, size-off)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ext) == 0 || ext[0].Off != off {
+				t.Fatalf("%s: extents at %d: %+v", stage, off, ext)
+			}
+			for _, e := range ext {
+				if k := len(got) - 1; k >= 0 && got[k].Hole == e.Hole {
+					got[k].Len += e.Len
+				} else {
+					got = append(got, e)
+				}
+				off = e.Off + e.Len
+			}
+		}
+		want := []Extent{
+			{0, 4096*10 + 100, true},
+			{4096*10 + 100, 6000, false},
+			{4096*10 + 6100, 1<<39 - 4096*10 - 6100, true},
+			{1 << 39, 4096, false},
+			{1<<39 + 4096, size - 1<<39 - 4096, true},
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%s: extents %+v, want %+v", stage, got, want)
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("%s: extent %d is %+v, want %+v", stage, i, got[i], want[i])
+			}
+		}
+	}
+	check("in memory")
+	if err := f.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.waitApplied()
+	check("applied")
+	// Punching turns data into a hole.
+	if err := f.Punch(ctx, Root, n.Ino, 1<<39, 4096); err != nil {
+		t.Fatal(err)
+	}
+	ext, err := f.Extents(ctx, n.Ino, 1<<39, 4096)
+	if err != nil || len(ext) != 1 || !ext[0].Hole {
+		t.Fatalf("after punch: %+v, %v", ext, err)
+	}
+}
