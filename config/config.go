@@ -188,7 +188,7 @@ func Parse(path string, src []byte) (*Config, error) {
 	return &c, nil
 }
 
-var typeErr = regexp.MustCompile(`line (\d+) \(last key "([^"]*)"\): (?:incompatible types: )?(.*)`)
+var typeErr = regexp.MustCompile(`line (\d+) \(last key "([^"]*)"\): incompatible types: (.*)`)
 
 // keyErr makes an error for key with its line in the file.
 func (c *Config) keyErr(key, format string, args ...any) error {

@@ -424,7 +424,7 @@ type crashChildRun struct {
 	cmd    *exec.Cmd
 	stdin  *os.File // our end; the child exits when it closes
 	exited chan error
-	stderr *lockedBuffer
+	stderr *crashOutBuffer
 
 	mu      sync.Mutex
 	acked   int // from the last "flushed" line; -1 before the first
@@ -434,12 +434,12 @@ type crashChildRun struct {
 	eof     chan struct{}
 }
 
-type lockedBuffer struct {
+type crashOutBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
+func (b *crashOutBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.b.Len() > 1<<20 {
@@ -448,7 +448,7 @@ func (b *lockedBuffer) Write(p []byte) (int, error) {
 	return b.b.Write(p)
 }
 
-func (b *lockedBuffer) String() string {
+func (b *crashOutBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
@@ -468,7 +468,7 @@ func startCrashChild(t *testing.T, env []string) *crashChildRun {
 		cmd:    exec.Command(os.Args[0], "-test.run=^TestCrashChildProcess$", "-test.count=1", "-test.timeout=5m"),
 		stdin:  inW,
 		exited: make(chan error, 1),
-		stderr: &lockedBuffer{},
+		stderr: &crashOutBuffer{},
 		acked:  -1,
 		ready:  make(chan struct{}), flushed: make(chan struct{}), eof: make(chan struct{}),
 	}
@@ -583,13 +583,19 @@ func TestCrashProcessKill(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The model: the files' contents after the journal's entries, which
-	// after each round's check are exactly the recovered history.
 	var codecNames []string
 	for _, c := range crashCodecs(t) {
 		codecNames = append(codecNames, c.String())
 	}
+	var f *FS // the parent's own instance while it checks
+	defer func() {
+		if f != nil {
+			f.crash() // a no-op after Close
+		}
+	}()
 
+	// The model: the files' contents after the journal's entries, which
+	// after each round's check are exactly the recovered history.
 	model := make([][]byte, len(crashFiles))
 	var ops []crashOp
 	freshRound := rounds / 2
@@ -660,7 +666,7 @@ func TestCrashProcessKill(t *testing.T) {
 			t.Fatalf("round %d: child acknowledged %d entries, journal has %d", round, acked, len(journalOps))
 		}
 
-		f := mustOpen(t, testOptions(t, st, stateDir))
+		f = mustOpen(t, testOptions(t, st, stateDir))
 		got := readCrashFiles(t, f, len(journalOps) > 0)
 		k, state := matchCrashPrefix(model, journalOps, len(ops), acked, got)
 		if k < 0 {
@@ -759,7 +765,7 @@ func readCrashFiles(t *testing.T, f *FS, must bool) [][]byte {
 	return out
 }
 
-func cloneFiles(files [][]byte) [][]byte {
+func crashCloneFiles(files [][]byte) [][]byte {
 	out := make([][]byte, len(files))
 	for i, b := range files {
 		out[i] = bytes.Clone(b)
@@ -770,7 +776,7 @@ func cloneFiles(files [][]byte) [][]byte {
 	return out
 }
 
-func equalFiles(a, b [][]byte) bool {
+func crashEqualFiles(a, b [][]byte) bool {
 	for i := range a {
 		if !bytes.Equal(a[i], b[i]) {
 			return false
@@ -783,14 +789,14 @@ func equalFiles(a, b [][]byte) bool {
 // files after ops[:k] equal got; base is the state after ops[:from]. It
 // returns -1 if there is none.
 func matchCrashPrefix(base [][]byte, ops []crashOp, from, acked int, got [][]byte) (int, [][]byte) {
-	m := cloneFiles(base)
+	m := crashCloneFiles(base)
 	for _, o := range ops[from:acked] {
 		o.apply(m)
 	}
 	k, state := -1, [][]byte(nil)
 	for i := acked; ; i++ {
-		if equalFiles(m, got) {
-			k, state = i, cloneFiles(m)
+		if crashEqualFiles(m, got) {
+			k, state = i, crashCloneFiles(m)
 		}
 		if i == len(ops) {
 			break
@@ -806,7 +812,7 @@ func matchCrashPrefix(base [][]byte, ops []crashOp, from, acked int, got [][]byt
 // absent or torn.
 func diagnoseCrash(base [][]byte, ops []crashOp, from, acked int, got [][]byte) string {
 	var b strings.Builder
-	m := cloneFiles(base)
+	m := crashCloneFiles(base)
 	for _, o := range ops[from:acked] {
 		o.apply(m)
 	}
@@ -861,7 +867,7 @@ func diagnoseCrash(base [][]byte, ops []crashOp, from, acked int, got [][]byte) 
 	}
 	fmt.Fprintf(&b, "unacknowledged entries (each judged against the state just before it):\n")
 	for _, o := range ops[acked:] {
-		before := cloneFiles(m)
+		before := crashCloneFiles(m)
 		o.apply(m)
 		lo, hi := o.touched(uint64(len(before[o.file])))
 		g, bf, af := got[o.file], before[o.file], m[o.file]

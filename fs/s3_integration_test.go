@@ -319,7 +319,7 @@ func verifyItTree(t *testing.T, f *FS, want map[string]*itNode, when string) {
 			if m != len(w.data) || !eof {
 				t.Errorf("%s: read %q: %d bytes, eof %v; want %d bytes and eof", when, p, m, eof, len(w.data))
 			}
-			if i := firstDiff(buf[:m], w.data); i >= 0 {
+			if i := itFirstDiff(buf[:m], w.data); i >= 0 {
 				t.Errorf("%s: %q differs from byte %d (chunk %d): read %x, want %x", when, p, i, i/4096,
 					buf[i:min(m, i+8)], w.data[i:min(len(w.data), i+8)])
 			}
@@ -330,7 +330,7 @@ func verifyItTree(t *testing.T, f *FS, want map[string]*itNode, when string) {
 	}
 }
 
-func firstDiff(a, b []byte) int {
+func itFirstDiff(a, b []byte) int {
 	for i := range min(len(a), len(b)) {
 		if a[i] != b[i] {
 			return i
@@ -359,7 +359,7 @@ func (tr *itTree) checkHole(p string, off, n int) {
 	}
 }
 
-const mib = 1 << 20
+const itMiB = 1 << 20
 
 // buildBeforeCheckpoint makes the first part of the tree: directories,
 // files of several sizes (one over 1 MiB, one sparse), symlinks, a hard
@@ -376,13 +376,13 @@ func (tr *itTree) buildBeforeCheckpoint() {
 
 	tr.file("big.bin", 0o644) // 1.5 MiB + 123 bytes, written in unaligned pieces
 	tr.write("big.bin", 0, tr.itData(700_000))
-	tr.write("big.bin", 700_000, tr.itData(3*mib/2+123-700_000))
+	tr.write("big.bin", 700_000, tr.itData(3*itMiB/2+123-700_000))
 
 	tr.file("sparse.img", 0o640)
 	tr.write("sparse.img", 0, tr.itData(5000))
-	tr.write("sparse.img", mib, tr.itData(4096))
-	tr.write("sparse.img", 3*mib+17, tr.itData(10))
-	tr.truncate("sparse.img", 5*mib) // a hole at the end
+	tr.write("sparse.img", itMiB, tr.itData(4096))
+	tr.write("sparse.img", 3*itMiB+17, tr.itData(10))
+	tr.truncate("sparse.img", 5*itMiB) // a hole at the end
 	tr.punch("sparse.img", 1000, 2000)
 
 	tr.file("zeros.bin", 0o644) // written zeros are stored as holes
@@ -407,7 +407,7 @@ func (tr *itTree) buildBeforeCheckpoint() {
 // of a directory, removal, truncation down and up, punching, chmod, links.
 func (tr *itTree) buildAfterCheckpoint() {
 	tr.write("big.bin", 4000, tr.itData(70_000))
-	tr.write("big.bin", 3*mib/2+123, tr.itData(300_000))
+	tr.write("big.bin", 3*itMiB/2+123, tr.itData(300_000))
 	tr.write("docs/big-hardlink", 0, []byte("written through the hard link"))
 	tr.rename("tmpname.txt", "docs/renamed.txt")
 	tr.remove("gone.txt")
@@ -415,8 +415,8 @@ func (tr *itTree) buildAfterCheckpoint() {
 	tr.mkdir("newdir", 0o755)
 	tr.rename("docs/sub2", "newdir/sub3") // a directory changes parent
 	tr.truncate("docs/small.txt", 50)
-	tr.truncate("docs/small.txt", 200) // zeros beyond 50, not the old bytes
-	tr.punch("sparse.img", mib, 4096)  // a whole chunk
+	tr.truncate("docs/small.txt", 200)  // zeros beyond 50, not the old bytes
+	tr.punch("sparse.img", itMiB, 4096) // a whole chunk
 	tr.chmod("exec.sh", 0o700)
 	tr.link("docs/small.txt", "docs/small-link2")
 	tr.remove("docs/small.txt") // the other name stays, nlink back to 1
@@ -427,9 +427,9 @@ func (tr *itTree) buildAfterCheckpoint() {
 func (tr *itTree) buildAfterRecovery() {
 	tr.file("after-recovery.bin", 0o644)
 	tr.write("after-recovery.bin", 0, tr.itData(200_000))
-	tr.write("sparse.img", 2*mib+100, tr.itData(8192))
+	tr.write("sparse.img", 2*itMiB+100, tr.itData(8192))
 	tr.remove("link")
-	tr.write("big.bin", mib-10, tr.itData(20))
+	tr.write("big.bin", itMiB-10, tr.itData(20))
 	tr.rename("docs/renamed.txt", "renamed-again.txt")
 	tr.mkdir("newdir/sub3/deeper", 0o755)
 	tr.file("newdir/sub3/deeper/f", 0o644)
@@ -438,23 +438,12 @@ func (tr *itTree) buildAfterRecovery() {
 
 func (tr *itTree) checkHoles() {
 	tr.checkHole("sparse.img", 1000, 2000)
-	tr.checkHole("sparse.img", 5000, mib-5000)
-	tr.checkHole("sparse.img", 3*mib+27, 2*mib-27)
+	tr.checkHole("sparse.img", 5000, itMiB-5000)
+	tr.checkHole("sparse.img", 3*itMiB+27, 2*itMiB-27)
 	tr.checkHole("zeros.bin", 0, 6000)
 }
 
-// crashIfOpen stops f as a crash would, unless it is already stopped (crash
-// after Close panics: shutdown closes its stop channel twice).
-func crashIfOpen(f *FS) {
-	f.closeMu.Lock()
-	closed := f.closed
-	f.closeMu.Unlock()
-	if !closed {
-		f.crash()
-	}
-}
-
-func openS3(t *testing.T, endpoint, accessKey, secretKey, bucket string) store.Store {
+func openITBucket(t *testing.T, endpoint, accessKey, secretKey, bucket string) store.Store {
 	t.Helper()
 	url, sopts := testutil.CreateBucket(t, endpoint, accessKey, secretKey, bucket, "fs")
 	st, err := store.Open(context.Background(), url, sopts)
@@ -469,14 +458,14 @@ func TestS3IntegrationFreshMachine(t *testing.T) {
 	for _, stop := range []string{"close", "crash"} {
 		t.Run(stop, func(t *testing.T) {
 			ctx := context.Background()
-			st := openS3(t, endpoint, ak, sk, "fresh-"+stop)
+			st := openITBucket(t, endpoint, ak, sk, "fresh-"+stop)
 			opts := testOptions(t, st, t.TempDir())
 			if stop == "crash" {
 				opts.Compression = frame.Zstd
 			}
 			f := mustOpen(t, opts)
 			tr := newItTree(t, f)
-			defer func() { crashIfOpen(tr.f) }()
+			defer func() { tr.f.crash() }() // crash is a no-op after Close
 
 			tr.buildBeforeCheckpoint()
 			tr.checkpoint()
@@ -541,7 +530,7 @@ func TestS3IntegrationFreshMachine(t *testing.T) {
 func TestS3IntegrationLocalWAL(t *testing.T) {
 	ctx := context.Background()
 	endpoint, ak, sk := testutil.StartVersityGW(t)
-	st := openS3(t, endpoint, ak, sk, "local-wal")
+	st := openITBucket(t, endpoint, ak, sk, "local-wal")
 	walURL := "file://" + t.TempDir()
 	wst, err := store.Open(ctx, walURL, store.Options{})
 	if err != nil {
@@ -550,7 +539,7 @@ func TestS3IntegrationLocalWAL(t *testing.T) {
 	opts := testOptions(t, st, t.TempDir())
 	opts.WAL = wst
 	tr := newItTree(t, mustOpen(t, opts))
-	defer func() { crashIfOpen(tr.f) }()
+	defer func() { tr.f.crash() }() // crash is a no-op after Close
 
 	tr.buildBeforeCheckpoint()
 	tr.checkpoint()
