@@ -206,13 +206,6 @@ func (f *FS) completer() {
 		}
 		b.pos = b.commit.Pos
 		f.stats.FlushRecords.Add(1)
-		for _, fr := range b.frames {
-			raw := fr.raw
-			if len(raw) < cap(raw)/2 {
-				raw = slices.Clone(raw) // do not pin a whole chunk buffer in the cache
-			}
-			f.cache.Put(fr.id, raw)
-		}
 		b.finish(nil)
 		f.applyCh <- b
 	}
@@ -223,6 +216,19 @@ func (f *FS) applier() {
 	for {
 		select {
 		case b := <-f.applyCh:
+			// Cache the batch's frames before it leaves the read chain, so
+			// reads of fresh data never go to the store. Done here, not in
+			// the completer, to keep it off the flush acknowledgement path.
+			for _, fr := range b.frames {
+				raw := fr.raw
+				if len(raw) < cap(raw)/2 {
+					raw = slices.Clone(raw) // do not pin a whole chunk buffer in the cache
+				}
+				f.cache.Put(fr.id, raw)
+				if f.disk != nil {
+					f.disk.Put(fr.id, fr.enc)
+				}
+			}
 			if err := f.apply(b.delta, b.pos, b.dataOff, b.recSize); err != nil {
 				f.fail(err)
 				continue

@@ -51,6 +51,11 @@ import (
 // flushed bytes that were lost. The parent then cuts the journal at the
 // recovered k, so the next child continues from the recovered history.
 //
+// TestCrashCodecFlush, at the end, runs a flush with each compression codec
+// in a child process: a panic in the commit pipeline (as LZ4's encoder had)
+// kills the whole process, so it must not happen in the binary running the
+// other tests.
+//
 // Replay with ZEROFS_CRASH_SEED=<seed> (the kill moments are timing
 // dependent, so a replay repeats the operations, not necessarily the crash
 // points); ZEROFS_CRASH_ROUNDS=<n> runs more or fewer rounds.

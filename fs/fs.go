@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,6 +57,10 @@ type Options struct {
 	// Cache holds decoded frames; nil builds a memory cache of CacheBytes.
 	Cache      cache.Cache
 	CacheBytes int64
+	// DiskCacheBytes sizes the disk cache of encoded frames in Dir/frames
+	// (what was read from the store or recently written), between the
+	// memory cache and the store. Zero disables it.
+	DiskCacheBytes int64
 
 	// BatchBytes seals the open batch when its dirty data reaches this size.
 	BatchBytes int64
@@ -160,7 +165,8 @@ type FS struct {
 	wal       *wal.Log
 	key       *crypt.Key
 	coder     *frame.Coder
-	cache     cache.Cache
+	cache     cache.Cache // decoded frames
+	disk      *cache.Disk // encoded frames; nil when disabled
 	db        *pebble.DB
 	fsid      [16]byte
 	epoch     uint64
@@ -271,7 +277,13 @@ func Open(ctx context.Context, opts Options) (*FS, error) {
 	}
 	f.memCV = sync.NewCond(&f.memMu)
 	f.bgCtx, f.bgCancel = context.WithCancel(context.Background())
-	if err := f.recover(ctx); err != nil {
+	err = f.recover(ctx)
+	if err == nil && opts.DiskCacheBytes > 0 {
+		// One slot holds one encoded frame of a whole chunk.
+		slot := (int(f.chunkSize) + frame.Overhead + cache.DiskHeaderSize + 4095) &^ 4095
+		f.disk, err = cache.OpenDisk(filepath.Join(opts.Dir, "frames"), opts.DiskCacheBytes, slot, opts.Logger)
+	}
+	if err != nil {
 		f.bgCancel()
 		wlog.Close()
 		if f.db != nil {
@@ -441,6 +453,9 @@ func (f *FS) shutdown() {
 	if err := f.db.Close(); err != nil {
 		f.log.Warn("closing metadata database", "err", err)
 	}
+	if f.disk != nil {
+		f.disk.Close()
+	}
 	if f.dirLock != nil {
 		f.dirLock.Close()
 	}
@@ -459,3 +474,13 @@ type Stats struct {
 
 // Stats returns the filesystem's counters.
 func (f *FS) Stats() *Stats { return &f.stats }
+
+// ChangePassword rewraps the filesystem's data key in main under a new
+// password. Data is not touched: the data key itself does not change, so a
+// running server keeps working and only the next start needs the new password.
+func ChangePassword(ctx context.Context, main store.Store, oldPassword, newPassword string, p crypt.Params) error {
+	if p == (crypt.Params{}) {
+		p = crypt.DefaultParams
+	}
+	return crypt.ChangePassword(ctx, main, dataKeyObject, oldPassword, newPassword, p)
+}

@@ -112,12 +112,25 @@ func (f *FS) frameData(ctx context.Context, ref FrameRef, id chunkID) ([]byte, e
 	if raw, ok := f.cache.Get(ref.ID); ok {
 		return raw, nil
 	}
+	fid := frame.ID{Frame: ref.ID, Ino: id.ino, Chunk: id.idx}
 	return f.flights.do(ref.ID, func() ([]byte, error) {
+		if f.disk != nil {
+			if enc, ok := f.disk.Get(ref.ID); ok {
+				raw, err := f.coder.Decode(nil, enc, fid)
+				if err == nil && len(raw) == int(ref.Raw) {
+					f.cache.Put(ref.ID, raw)
+					return raw, nil
+				}
+				// A damaged cache file: drop the entry, read the store.
+				f.disk.Delete(ref.ID)
+				f.log.Warn("disk cache entry failed authentication; reading the store", "frame", ref.ID, "err", err)
+			}
+		}
 		enc, err := f.readObject(ctx, ref.Obj, int64(ref.Off), int64(ref.Size))
 		if err != nil {
 			return nil, err
 		}
-		raw, err := f.coder.Decode(nil, enc, frame.ID{Frame: ref.ID, Ino: id.ino, Chunk: id.idx})
+		raw, err := f.coder.Decode(nil, enc, fid)
 		if err == nil && len(raw) != int(ref.Raw) {
 			err = fmt.Errorf("frame %016x decoded to %d bytes, metadata says %d: %w", ref.ID, len(raw), ref.Raw, frame.ErrCorrupt)
 		}
@@ -128,6 +141,9 @@ func (f *FS) frameData(ctx context.Context, ref FrameRef, id chunkID) ([]byte, e
 			return nil, fmt.Errorf("inode %d chunk %d: %w: %w", id.ino, id.idx, ErrIO, err)
 		}
 		f.cache.Put(ref.ID, raw)
+		if f.disk != nil {
+			f.disk.Put(ref.ID, enc)
+		}
 		return raw, nil
 	})
 }

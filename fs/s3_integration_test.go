@@ -453,6 +453,13 @@ func openITBucket(t *testing.T, endpoint, accessKey, secretKey, bucket string) s
 	return st
 }
 
+// TestS3IntegrationFreshMachine builds a tree, checkpoints midway, changes it
+// further (those changes only in the WAL), and stops: "close" flushes and
+// checkpoints at Close, so the fresh machine restores a checkpoint covering
+// everything; "crash" stops after a Flush, so the fresh machine restores the
+// midway checkpoint and replays the WAL records after it. Either way it must
+// see everything. It then goes on, packs data into segments, crashes, and a
+// second fresh machine must see that too.
 func TestS3IntegrationFreshMachine(t *testing.T) {
 	endpoint, ak, sk := testutil.StartVersityGW(t)
 	for _, stop := range []string{"close", "crash"} {

@@ -1,0 +1,59 @@
+package fs
+
+import (
+	"encoding/hex"
+
+	"zerofs/cache"
+)
+
+// Status is a snapshot of the filesystem's state for operators.
+type Status struct {
+	FSID           string `json:"fsid"`
+	Epoch          uint64 `json:"epoch"`
+	Writable       bool   `json:"writable"`
+	Error          string `json:"error,omitempty"` // why it stopped accepting writes
+	DirtyBytes     int64  `json:"dirty_bytes"`     // data in batches not yet applied
+	OpenBatchBytes int64  `json:"open_batch_bytes"`
+	SealedBatches  int    `json:"sealed_batches"` // sealed, being written or applied
+	WALLastSeq     uint64 `json:"wal_last_seq"`   // newest durable WAL record
+	CheckpointSeq  uint64 `json:"checkpoint_seq"` // WAL records up to here are in the checkpoint
+	WALDepth       uint64 `json:"wal_depth"`      // records recovery would replay
+	ChunkSize      int    `json:"chunk_size"`
+
+	Cache *cache.Stats `json:"cache,omitempty"`
+
+	FlushRecords  int64 `json:"flush_records"`
+	StoreGets     int64 `json:"store_gets"`
+	StoreGetBytes int64 `json:"store_get_bytes"`
+	CorruptFrames int64 `json:"corrupt_frames"`
+	GCDeleted     int64 `json:"gc_deleted"`
+	GCPacked      int64 `json:"gc_packed"`
+}
+
+// Status reports the filesystem's state.
+func (f *FS) Status() Status {
+	dirty, open := f.dirtyBytes()
+	f.viewMu.RLock()
+	sealed := len(f.sealed)
+	f.viewMu.RUnlock()
+	last, base := f.wal.Last().Seq, f.wal.Head().Base.Seq
+	s := Status{
+		FSID: hex.EncodeToString(f.fsid[:]), Epoch: f.epoch, Writable: f.Err() == nil,
+		DirtyBytes: dirty, OpenBatchBytes: open, SealedBatches: sealed,
+		WALLastSeq: last, CheckpointSeq: base, ChunkSize: int(f.chunkSize),
+		FlushRecords: f.stats.FlushRecords.Load(), StoreGets: f.stats.StoreGets.Load(),
+		StoreGetBytes: f.stats.StoreGetBytes.Load(), CorruptFrames: f.stats.CorruptFrames.Load(),
+		GCDeleted: f.stats.GCDeleted.Load(), GCPacked: f.stats.GCPacked.Load(),
+	}
+	if last > base {
+		s.WALDepth = last - base
+	}
+	if err := f.Err(); err != nil {
+		s.Error = err.Error()
+	}
+	if m, ok := f.cache.(interface{ Stats() cache.Stats }); ok {
+		cs := m.Stats()
+		s.Cache = &cs
+	}
+	return s
+}
