@@ -2,7 +2,6 @@ package fs
 
 import (
 	"bytes"
-	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -15,7 +14,6 @@ import (
 // the memory cache is gone (a restart), and a damaged cache file costs a GET,
 // never wrong data.
 func TestDiskCacheServesAndSurvivesDamage(t *testing.T) {
-	ctx := context.Background()
 	st := store.NewMem()
 	dir := t.TempDir()
 	opts := testOptions(t, st, dir)

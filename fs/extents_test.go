@@ -20,7 +20,7 @@ func TestExtents(t *testing.T) {
 	for i := range data {
 		data[i] = 1
 	}
-	mustWrite(t, f, n.Ino, 4096*10+100, data) // chunks 10 and 11, partly
+	mustWrite(t, f, n.Ino, 4096*10+100, data)  // chunks 10 and 11, partly
 	mustWrite(t, f, n.Ino, 1<<39, data[:4096]) // chunk 2^27, whole
 	check := func(stage string) {
 		t.Helper()
