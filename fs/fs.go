@@ -220,6 +220,10 @@ type FS struct {
 	lastCkpt wal.Position
 	prevDesc *ckptDesc // the checkpoint the head names, once loaded
 	stats    Stats
+
+	statMu   sync.Mutex // StatFS's cached sum of object sizes
+	statAt   time.Time
+	statUsed uint64
 }
 
 // Open opens the filesystem in opts.Main, creating it if the store is empty.

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"encoding/binary"
-	"sync"
 	"time"
 )
 
@@ -18,24 +17,17 @@ type StatFS struct {
 // nominalCapacity is what zerofs reports as the size of an elastic bucket.
 const nominalCapacity = 1 << 50 // 1 PiB
 
-var statCache struct {
-	sync.Mutex
-	at   time.Time
-	used uint64
-	fs   *FS
-}
-
 // StatFS reports space. Used bytes come from the object records (summed at
 // most every few seconds: a scan of the object table).
 func (f *FS) StatFS() StatFS {
-	statCache.Lock()
-	if statCache.fs != f || time.Since(statCache.at) > 5*time.Second {
+	f.statMu.Lock()
+	if time.Since(f.statAt) > 5*time.Second {
 		var used uint64
 		f.scanObjects(func(_ ObjRef, info objInfo) { used += uint64(info.Size) })
-		statCache.fs, statCache.at, statCache.used = f, time.Now(), used
+		f.statAt, f.statUsed = time.Now(), used
 	}
-	used := statCache.used
-	statCache.Unlock()
+	used := f.statUsed
+	f.statMu.Unlock()
 	var files uint64
 	if v, ok, _ := f.getKV(f.chain(), metaKey("next_ino")); ok && len(v) == 8 {
 		files = binary.BigEndian.Uint64(v) - 1
