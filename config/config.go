@@ -171,6 +171,11 @@ func Parse(path string, src []byte) (*Config, error) {
 		}
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
+			// A bad value (e.g. a duration that does not parse) is reported at
+			// its key's line; a syntax error's last key is just the one before.
+			if pe.LastKey != "" && lineOf(src, pe.LastKey) == pe.Position.Line {
+				return nil, &Error{Path: path, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}
+			}
 			return nil, &Error{Path: path, Line: pe.Position.Line, Msg: "syntax error: " + pe.Message}
 		}
 		return nil, &Error{Path: path, Msg: err.Error()}
