@@ -128,7 +128,8 @@ func contentHash(typ uint32, data []byte, target string) string {
 }
 
 func (s *mState) canon() string {
-	var entries []canonEntry
+	// The root itself too: its link count counts its subdirectories.
+	entries := []canonEntry{{"/", 0, TypeDir, s.root.perm, s.root.nlink, "-"}}
 	ids := map[*mNode]uint64{}
 	for _, p := range s.paths() {
 		n, _, _ := s.lookup(p)
@@ -144,7 +145,11 @@ func (s *mState) canon() string {
 func fsCanon(t *testing.T, f *FS) string {
 	t.Helper()
 	ctx := context.Background()
-	var entries []canonEntry
+	root, err := f.GetAttr(ctx, RootIno)
+	if err != nil {
+		t.Fatalf("getattr root: %v", err)
+	}
+	entries := []canonEntry{{"/", 0, TypeDir, root.Perm(), int(root.Nlink), "-"}}
 	var walk func(prefix string, dir uint64)
 	walk = func(prefix string, dir uint64) {
 		var cookie uint64
@@ -502,6 +507,9 @@ func runModel(t *testing.T, seed uint64, nops int) {
 			o = mop{kind: "link", a: anyPath(), b: newPath()}
 		case x < 82:
 			o = mop{kind: "rename", a: anyPath(), b: newPath()}
+			if r.IntN(3) == 0 {
+				o.b = anyPath() // over an existing entry: replace, or an error
+			}
 		case x < 88:
 			if err := f.Flush(ctx); err != nil {
 				t.Fatalf("op %d: flush: %v", i, err)

@@ -450,15 +450,19 @@ func (f *FS) Rename(ctx context.Context, c *Cred, srcDir uint64, srcName string,
 		return f.writeErr(err)
 	}
 	chain := f.chainLocked()
-	sd, err := f.getDir(chain, c, srcDir, true)
+	sdv, err := f.getDir(chain, c, srcDir, true)
 	if err != nil {
 		return err
 	}
-	dd := sd
+	// sd and dd alias one value when the directories are the same, so every
+	// change to "the destination's parent" is also one to the source's.
+	sd, dd := &sdv, &sdv
 	if dstDir != srcDir {
-		if dd, err = f.getDir(chain, c, dstDir, true); err != nil {
+		ddv, err := f.getDir(chain, c, dstDir, true)
+		if err != nil {
 			return err
 		}
+		dd = &ddv
 	}
 	ino, cookie, typ, ok, err := f.lookupEntry(chain, srcDir, srcName)
 	if err != nil {
@@ -471,7 +475,7 @@ func (f *FS) Rename(ctx context.Context, c *Cred, srcDir uint64, srcName string,
 	if err != nil {
 		return err
 	}
-	if err := stickyCheck(c, &sd, &n); err != nil {
+	if err := stickyCheck(c, sd, &n); err != nil {
 		return err
 	}
 	if srcDir == dstDir && srcName == dstName {
@@ -513,7 +517,7 @@ func (f *FS) Rename(ctx context.Context, c *Cred, srcDir uint64, srcName string,
 		if err != nil {
 			return err
 		}
-		if err := stickyCheck(c, &dd, &dn); err != nil {
+		if err := stickyCheck(c, dd, &dn); err != nil {
 			return err
 		}
 		switch {
@@ -535,20 +539,16 @@ func (f *FS) Rename(ctx context.Context, c *Cred, srcDir uint64, srcName string,
 		f.dropLink(b, chain, &dn, now)
 	}
 	f.unlinkEntry(b, srcDir, srcName, cookie)
-	if dstDir == srcDir {
-		f.linkEntry(b, &sd, dstName, ino, typ)
-		sd.Mtime, sd.Ctime = now, now
-		b.setKV(inodeKey(srcDir), sd.encode())
-	} else {
-		f.linkEntry(b, &dd, dstName, ino, typ)
-		if n.IsDir() {
-			sd.Nlink--
-			dd.Nlink++
-			n.Parent = dstDir
-		}
-		sd.Mtime, sd.Ctime = now, now
-		dd.Mtime, dd.Ctime = now, now
-		b.setKV(inodeKey(srcDir), sd.encode())
+	f.linkEntry(b, dd, dstName, ino, typ)
+	if n.IsDir() && dstDir != srcDir {
+		sd.Nlink--
+		dd.Nlink++
+		n.Parent = dstDir
+	}
+	sd.Mtime, sd.Ctime = now, now
+	dd.Mtime, dd.Ctime = now, now
+	b.setKV(inodeKey(srcDir), sd.encode())
+	if dstDir != srcDir {
 		b.setKV(inodeKey(dstDir), dd.encode())
 	}
 	n.Ctime = now
