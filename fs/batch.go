@@ -27,8 +27,9 @@ import (
 // then sealed batches newest first — and then pebble. Everything in pebble is
 // durable; nothing in pebble points at data that is not (DESIGN.md rule 3).
 type batch struct {
-	num     uint64 // 1, 2, 3... in seal order
-	created time.Time
+	num      uint64 // 1, 2, 3... in seal order
+	created  time.Time
+	sealedAt time.Time
 
 	mu    sync.Mutex // guards kv and tombs
 	kv    *btree.BTreeG[kvItem]

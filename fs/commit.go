@@ -60,6 +60,7 @@ func (f *FS) sealer() {
 
 // seal encodes b and starts its WAL append, then passes it to the completer.
 func (f *FS) seal(b *batch) {
+	b.sealedAt = time.Now()
 	if err := f.Err(); err != nil {
 		b.err = err
 		f.doneCh <- b
@@ -206,6 +207,8 @@ func (f *FS) completer() {
 		}
 		b.pos = b.commit.Pos
 		f.stats.FlushRecords.Add(1)
+		f.stats.CommitBytes.Add(b.recSize)
+		f.stats.CommitLatency.Observe(time.Since(b.sealedAt))
 		b.finish(nil)
 		f.applyCh <- b
 	}

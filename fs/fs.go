@@ -467,6 +467,10 @@ func (f *FS) shutdown() {
 
 // Stats are counters for metrics and tests.
 type Stats struct {
+	// CommitLatency: from a batch's seal to its WAL record being durable.
+	CommitLatency Histogram
+	// CommitBytes: bytes of WAL records written.
+	CommitBytes   atomic.Int64
 	FlushRecords  atomic.Int64
 	FrameBytes    atomic.Int64
 	StoreGets     atomic.Int64

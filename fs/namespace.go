@@ -609,22 +609,53 @@ func (f *FS) ReadDir(ctx context.Context, c *Cred, dir uint64, cookie uint64, ma
 
 // scan calls fn for every metadata key in [start, end) in order, merging the
 // batch chain over pebble (newest value wins, deletions hide).
+//
+// It works in rounds so that a caller wanting a page of a huge directory
+// pays for a page, not for the directory: each round takes at most
+// scanWindow items from each batch and merges only up to the point where
+// every batch's view is complete (the lowest key a truncated batch reached).
 func (f *FS) scan(chain []*batch, start, end []byte, fn func(k, v []byte) bool) error {
-	over := make(map[string]kvItem)
-	for _, b := range chain { // oldest first: newer batches overwrite
-		b.scanKV(start, end, func(it kvItem) bool {
-			over[it.key] = it
-			return true
-		})
+	cur := start
+	for {
+		over := make(map[string]kvItem)
+		bound := string(end) // keys below bound are fully known this round
+		for _, b := range chain { // oldest first: newer batches overwrite
+			n := 0
+			b.scanKV(cur, end, func(it kvItem) bool {
+				if n == scanWindow {
+					if bound > it.key {
+						bound = it.key // everything of this batch below it is in over
+					}
+					return false
+				}
+				over[it.key] = it
+				n++
+				return true
+			})
+		}
+		keys := make([]string, 0, len(over))
+		for k := range over {
+			if k < bound {
+				keys = append(keys, k)
+			}
+		}
+		slices.Sort(keys)
+		more, err := f.mergeScan(over, keys, cur, []byte(bound), fn)
+		if err != nil || !more || bound == string(end) {
+			return err
+		}
+		cur = []byte(bound)
 	}
-	keys := make([]string, 0, len(over))
-	for k := range over {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	it, err := f.db.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: end})
+}
+
+const scanWindow = 256
+
+// mergeScan merges the sorted overlay keys with pebble's keys in [lo, hi)
+// and calls fn; it reports whether fn wants more.
+func (f *FS) mergeScan(over map[string]kvItem, keys []string, lo, hi []byte, fn func(k, v []byte) bool) (bool, error) {
+	it, err := f.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
-		return fmt.Errorf("metadata scan: %w: %w", ErrIO, err)
+		return false, fmt.Errorf("metadata scan: %w: %w", ErrIO, err)
 	}
 	defer it.Close()
 	ok := it.First()
@@ -637,15 +668,15 @@ func (f *FS) scan(chain []*batch, start, end []byte, fn func(k, v []byte) bool) 
 			}
 			i++
 			if !item.del && !fn([]byte(item.key), item.val) {
-				return nil
+				return false, nil
 			}
 			continue
 		}
 		// pebble's Key and Value are valid only until the iterator moves.
 		if !fn(it.Key(), it.Value()) {
-			return nil
+			return false, nil
 		}
 		ok = it.Next()
 	}
-	return it.Error()
+	return true, it.Error()
 }

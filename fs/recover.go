@@ -102,8 +102,15 @@ func (f *FS) recover(ctx context.Context) error {
 	if err := f.apply(nil, last, 0, 0); err != nil {
 		return err
 	}
-	f.log.Info("filesystem recovered", "epoch", f.epoch, "from_seq", pos.Seq, "to_seq", last.Seq,
-		"restored_checkpoint", !usable, "elapsed", time.Since(started).Round(time.Millisecond))
+	source := "local metadata"
+	switch {
+	case !usable && head.Checkpoint != "":
+		source = "bucket checkpoint"
+	case !usable:
+		source = "new filesystem"
+	}
+	f.log.Info("filesystem ready", "epoch", f.epoch, "metadata_from", source, "replayed_from_seq", pos.Seq+1,
+		"fence_seq", last.Seq, "elapsed", time.Since(started).Round(time.Millisecond))
 	return nil
 }
 

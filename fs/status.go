@@ -20,7 +20,8 @@ type Status struct {
 	WALDepth       uint64 `json:"wal_depth"`      // records recovery would replay
 	ChunkSize      int    `json:"chunk_size"`
 
-	Cache *cache.Stats `json:"cache,omitempty"`
+	Cache     *cache.Stats     `json:"cache,omitempty"`
+	DiskCache *cache.DiskStats `json:"disk_cache,omitempty"`
 
 	FlushRecords  int64 `json:"flush_records"`
 	StoreGets     int64 `json:"store_gets"`
@@ -54,6 +55,10 @@ func (f *FS) Status() Status {
 	if m, ok := f.cache.(interface{ Stats() cache.Stats }); ok {
 		cs := m.Stats()
 		s.Cache = &cs
+	}
+	if f.disk != nil {
+		ds := f.disk.Stats()
+		s.DiskCache = &ds
 	}
 	return s
 }
