@@ -116,7 +116,7 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 // Defaults returns the configuration every key defaults to.
 func Defaults() Config {
 	return Config{
-		Cache:   Cache{Dir: "./data/cache", DiskSizeGB: 10, MemorySizeGB: 0.25},
+		Cache:   Cache{Dir: "./data/cache", DiskSizeGB: 1, MemorySizeGB: 0.25},
 		Storage: Storage{URL: "file://./data/store", Compression: "zstd", ChunkSizeKB: 64},
 		WAL:     WAL{FlushInterval: Duration{time.Second}, BatchSizeMB: 16, MaxDirtyMB: 256, InFlight: 4},
 		AWS:     AWS{Region: "us-east-1"},

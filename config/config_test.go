@@ -38,11 +38,11 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 		wantIn  string
 	}{
 		{"unknown key", func(s string) string {
-			return strings.Replace(s, "disk_size_gb = 10.0", "disk_size_gb = 10.0\ndisk_sise_gb = 3", 1)
+			return strings.Replace(s, "disk_size_gb = 1.0", "disk_size_gb = 1.0\ndisk_sise_gb = 3", 1)
 		}, nil, "cache.disk_sise_gb", "unknown key"},
 		{"unknown table", func(s string) string { return s + "\n[cahce]\ndir = \"x\"\n" }, nil, "cahce", "unknown key"},
 		{"bad type", func(s string) string {
-			return strings.Replace(s, "disk_size_gb = 10.0", `disk_size_gb = "ten"`, 1)
+			return strings.Replace(s, "disk_size_gb = 1.0", `disk_size_gb = "ten"`, 1)
 		}, nil, "cache.disk_size_gb", "wrong type"},
 		{"missing password", func(s string) string {
 			return strings.Replace(s, `encryption_password = "${ZEROFS_PASSWORD:-zerofs-example-insecure-password}"`, `encryption_password = ""`, 1)

@@ -618,7 +618,7 @@ func (f *FS) scan(chain []*batch, start, end []byte, fn func(k, v []byte) bool) 
 	cur := start
 	for {
 		over := make(map[string]kvItem)
-		bound := string(end) // keys below bound are fully known this round
+		bound := string(end)      // keys below bound are fully known this round
 		for _, b := range chain { // oldest first: newer batches overwrite
 			n := 0
 			b.scanKV(cur, end, func(it kvItem) bool {
