@@ -1,4 +1,5 @@
 # zerofs — see README.md. Targets:
+#   make run     build and serve config.example.toml (file:// store under ./data, loopback)
 #   make test    install test dependencies (apt packages, versitygw), then run every test
 #   make bench   run the benchmarks (writes nothing; see docs/benchmarks.md)
 #   make fuzz    run every fuzz target for FUZZTIME (default 60s)
@@ -8,12 +9,17 @@ GO       ?= go
 GOFLAGS  ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build test test-deps check unit fuzz-quick fuzz bench soak clean
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: all build run test test-deps check unit fuzz-quick fuzz bench soak clean
 
 all: build
 
 build:
-	$(GO) build -o bin/zerofs ./cmd/zerofs
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/zerofs ./cmd/zerofs
+
+run: build
+	./bin/zerofs run -c config.example.toml
 
 test: test-deps check unit fuzz-quick
 

@@ -81,6 +81,7 @@ type NBD struct {
 type NFS struct {
 	Addresses       []string `toml:"addresses"`
 	AllowedNetworks []string `toml:"allowed_networks"`
+	RootSquash      bool     `toml:"root_squash"`
 }
 
 // Admin is the local HTTP endpoint for the CLI, status and /metrics.

@@ -1,0 +1,207 @@
+// Package admin is zerofs's local HTTP endpoint: the JSON API the CLI uses to
+// manage NBD devices and read the server's status, and the Prometheus
+// /metrics page. It listens on loopback by default and has no authentication:
+// anyone who can reach it can create and delete devices.
+//
+//	GET    /v1/status              fs.Status
+//	GET    /v1/exports             [{"name":..., "size":...}]
+//	POST   /v1/exports             {"name":..., "size":...}  create
+//	PUT    /v1/exports/{name}      {"size":...}              resize
+//	DELETE /v1/exports/{name}                                delete
+//	GET    /metrics                Prometheus text format (when a handler is given)
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"syscall"
+
+	"zerofs/fs"
+	"zerofs/nbd"
+)
+
+// Handler returns the admin HTTP handler for f. metrics, if not nil, serves /metrics.
+func Handler(f *fs.FS, metrics http.Handler, log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	h := &handler{f: f, log: log}
+	mux.HandleFunc("GET /v1/status", h.status)
+	mux.HandleFunc("GET /v1/exports", h.listExports)
+	mux.HandleFunc("POST /v1/exports", h.createExport)
+	mux.HandleFunc("PUT /v1/exports/{name}", h.resizeExport)
+	mux.HandleFunc("DELETE /v1/exports/{name}", h.deleteExport)
+	if metrics != nil {
+		mux.Handle("GET /metrics", metrics)
+	}
+	return mux
+}
+
+type handler struct {
+	f   *fs.FS
+	log *slog.Logger
+}
+
+// Export is one NBD device as the API shows it.
+type Export struct {
+	Name string `json:"name"`
+	Size uint64 `json:"size"`
+}
+
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func (h *handler) reply(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func (h *handler) fail(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	switch fs.Errno(err) {
+	case syscall.ENOENT:
+		code = http.StatusNotFound
+	case syscall.EEXIST:
+		code = http.StatusConflict
+	case syscall.EINVAL, syscall.ENAMETOOLONG, syscall.EFBIG:
+		code = http.StatusBadRequest
+	case syscall.EROFS:
+		code = http.StatusServiceUnavailable
+	}
+	h.reply(w, code, apiError{Error: err.Error()})
+}
+
+func (h *handler) status(w http.ResponseWriter, r *http.Request) {
+	h.reply(w, http.StatusOK, h.f.Status())
+}
+
+func (h *handler) listExports(w http.ResponseWriter, r *http.Request) {
+	list, err := nbd.ListExports(r.Context(), h.f)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	out := make([]Export, 0, len(list))
+	for _, e := range list {
+		out = append(out, Export{Name: e.Name, Size: e.Size})
+	}
+	h.reply(w, http.StatusOK, out)
+}
+
+func (h *handler) createExport(w http.ResponseWriter, r *http.Request) {
+	var e Export
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&e); err != nil {
+		h.reply(w, http.StatusBadRequest, apiError{Error: "body must be {\"name\": ..., \"size\": ...}: " + err.Error()})
+		return
+	}
+	if err := nbd.CreateExport(r.Context(), h.f, e.Name, e.Size); err != nil {
+		h.fail(w, err)
+		return
+	}
+	if err := h.f.Flush(r.Context()); err != nil {
+		h.fail(w, err)
+		return
+	}
+	h.log.Info("created NBD device", "name", e.Name, "size", e.Size)
+	h.reply(w, http.StatusCreated, e)
+}
+
+func (h *handler) resizeExport(w http.ResponseWriter, r *http.Request) {
+	var e Export
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&e); err != nil {
+		h.reply(w, http.StatusBadRequest, apiError{Error: "body must be {\"size\": ...}: " + err.Error()})
+		return
+	}
+	e.Name = r.PathValue("name")
+	if err := nbd.ResizeExport(r.Context(), h.f, e.Name, e.Size); err != nil {
+		h.fail(w, err)
+		return
+	}
+	if err := h.f.Flush(r.Context()); err != nil {
+		h.fail(w, err)
+		return
+	}
+	h.log.Info("resized NBD device", "name", e.Name, "size", e.Size)
+	h.reply(w, http.StatusOK, e)
+}
+
+func (h *handler) deleteExport(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := nbd.DeleteExport(r.Context(), h.f, name); err != nil {
+		h.fail(w, err)
+		return
+	}
+	if err := h.f.Flush(r.Context()); err != nil {
+		h.fail(w, err)
+		return
+	}
+	h.log.Info("deleted NBD device", "name", name)
+	h.reply(w, http.StatusOK, Export{Name: name})
+}
+
+// Client calls a running server's admin endpoint.
+type Client struct {
+	Base string // "http://127.0.0.1:7311"
+	HTTP *http.Client
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	var rd *bytesReader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = &bytesReader{b: b}
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.Base+path, rd.reader())
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the zerofs admin endpoint at %s (is zerofs running, and is [servers.admin] address right?): %w", c.Base, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		var e apiError
+		if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
+	}
+	if out != nil {
+		return json.NewDecoder(resp.Body).Decode(out)
+	}
+	return nil
+}
+
+func (c *Client) Status(ctx context.Context) (fs.Status, error) {
+	var s fs.Status
+	return s, c.do(ctx, http.MethodGet, "/v1/status", nil, &s)
+}
+
+func (c *Client) Exports(ctx context.Context) ([]Export, error) {
+	var out []Export
+	return out, c.do(ctx, http.MethodGet, "/v1/exports", nil, &out)
+}
+
+func (c *Client) CreateExport(ctx context.Context, name string, size uint64) error {
+	return c.do(ctx, http.MethodPost, "/v1/exports", Export{Name: name, Size: size}, nil)
+}
+
+func (c *Client) ResizeExport(ctx context.Context, name string, size uint64) error {
+	return c.do(ctx, http.MethodPut, "/v1/exports/"+pathEscape(name), Export{Size: size}, nil)
+}
+
+func (c *Client) DeleteExport(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/exports/"+pathEscape(name), nil, nil)
+}

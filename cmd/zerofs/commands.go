@@ -1,0 +1,249 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"zerofs/admin"
+	"zerofs/config"
+	"zerofs/crypt"
+	"zerofs/fs"
+	"zerofs/store"
+)
+
+func cmdInit(args []string) error {
+	fl := newFlags("init", "init [FILE|-]")
+	pos, err := parseFlags(fl, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return errors.New("give at most one FILE (or - for stdout)")
+	}
+	if len(pos) == 0 || pos[0] == "-" {
+		_, err := os.Stdout.Write(config.Template)
+		return err
+	}
+	f, err := os.OpenFile(pos[0], os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("%s exists; not overwriting it", pos[0])
+		}
+		return err
+	}
+	if _, err := f.Write(config.Template); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "wrote %s: set [storage] url and ZEROFS_PASSWORD, then: zerofs run -c %s\n", pos[0], pos[0])
+	return nil
+}
+
+// adminClient finds the admin endpoint from -c FILE or --admin ADDR.
+func adminClient(cfgPath, addr string) (*admin.Client, error) {
+	if cfgPath != "" {
+		c, err := config.Load(cfgPath)
+		if err != nil {
+			return nil, err
+		}
+		if c.Servers.Admin.Address == "" {
+			return nil, fmt.Errorf("%s: servers.admin.address is empty: the admin endpoint is disabled", cfgPath)
+		}
+		addr = c.Servers.Admin.Address
+	}
+	return &admin.Client{Base: "http://" + addr}, nil
+}
+
+func cmdStatus(args []string) error {
+	fl := newFlags("status", "status [-c FILE | --admin ADDR] [--json]")
+	cfgPath := fl.String("c", "", "configuration file (for the admin address)")
+	addr := fl.String("admin", "127.0.0.1:7311", "admin endpoint address, if no -c")
+	asJSON := fl.Bool("json", false, "print JSON")
+	if _, err := parseFlags(fl, args); err != nil {
+		return err
+	}
+	cl, err := adminClient(*cfgPath, *addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := cl.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		e := json.NewEncoder(os.Stdout)
+		e.SetIndent("", "  ")
+		return e.Encode(s)
+	}
+	role := "writer"
+	if !s.Writable {
+		role = "stopped (" + s.Error + ")"
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "role\t%s\n", role)
+	fmt.Fprintf(w, "filesystem\t%s\n", s.FSID)
+	fmt.Fprintf(w, "epoch\t%d\n", s.Epoch)
+	fmt.Fprintf(w, "bytes dirty\t%d (open batch %d)\n", s.DirtyBytes, s.OpenBatchBytes)
+	fmt.Fprintf(w, "batches in flight\t%d\n", s.SealedBatches)
+	fmt.Fprintf(w, "WAL\tlast record %d, checkpoint at %d, depth %d\n", s.WALLastSeq, s.CheckpointSeq, s.WALDepth)
+	if s.Cache != nil {
+		fmt.Fprintf(w, "memory cache\t%d of %d bytes, %d hits, %d misses\n", s.Cache.Bytes, s.Cache.Capacity, s.Cache.Hits, s.Cache.Misses)
+	}
+	fmt.Fprintf(w, "store reads\t%d requests, %d bytes\n", s.StoreGets, s.StoreGetBytes)
+	fmt.Fprintf(w, "corrupt frames\t%d\n", s.CorruptFrames)
+	fmt.Fprintf(w, "gc\t%d objects deleted, %d packed\n", s.GCDeleted, s.GCPacked)
+	return w.Flush()
+}
+
+func cmdNBD(args []string) error {
+	fl := newFlags("nbd", "nbd create NAME --size SIZE | list | resize NAME --size SIZE | delete NAME  [-c FILE | --admin ADDR]")
+	cfgPath := fl.String("c", "", "configuration file (for the admin address)")
+	addr := fl.String("admin", "127.0.0.1:7311", "admin endpoint address, if no -c")
+	sizeArg := fl.String("size", "", "device size, e.g. 100G (binary units)")
+	pos, err := parseFlags(fl, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		fl.Usage()
+		return errors.New("missing subcommand: create, list, resize or delete")
+	}
+	cl, err := adminClient(*cfgPath, *addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	needName := func() (string, error) {
+		if len(pos) != 2 {
+			return "", fmt.Errorf("nbd %s needs exactly one device NAME", pos[0])
+		}
+		return pos[1], nil
+	}
+	needSize := func() (uint64, error) {
+		if *sizeArg == "" {
+			return 0, fmt.Errorf("nbd %s needs --size, e.g. --size 100G", pos[0])
+		}
+		return parseSize(*sizeArg)
+	}
+	switch pos[0] {
+	case "list", "ls":
+		list, err := cl.Exports(ctx)
+		if err != nil {
+			return err
+		}
+		w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(w, "NAME\tSIZE\tBYTES")
+		for _, e := range list {
+			fmt.Fprintf(w, "%s\t%s\t%d\n", e.Name, humanSize(e.Size), e.Size)
+		}
+		return w.Flush()
+	case "create":
+		name, err := needName()
+		if err != nil {
+			return err
+		}
+		size, err := needSize()
+		if err != nil {
+			return err
+		}
+		if err := cl.CreateExport(ctx, name, size); err != nil {
+			return err
+		}
+		fmt.Printf("created %s (%s); attach it with: nbd-client HOST 10809 /dev/nbd0 -N %s -persist -timeout 600 -connections 8\n", name, humanSize(size), name)
+		return nil
+	case "resize":
+		name, err := needName()
+		if err != nil {
+			return err
+		}
+		size, err := needSize()
+		if err != nil {
+			return err
+		}
+		if err := cl.ResizeExport(ctx, name, size); err != nil {
+			return err
+		}
+		fmt.Printf("resized %s to %s; clients see the new size when they reconnect\n", name, humanSize(size))
+		return nil
+	case "delete", "rm":
+		name, err := needName()
+		if err != nil {
+			return err
+		}
+		if err := cl.DeleteExport(ctx, name); err != nil {
+			return err
+		}
+		fmt.Printf("deleted %s\n", name)
+		return nil
+	}
+	return fmt.Errorf("unknown nbd subcommand %q: use create, list, resize or delete", pos[0])
+}
+
+func humanSize(n uint64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
+	v, i := float64(n), 0
+	for v >= 1024 && i < len(units)-1 {
+		v /= 1024
+		i++
+	}
+	if v == float64(uint64(v)) {
+		return fmt.Sprintf("%d %s", uint64(v), units[i])
+	}
+	return fmt.Sprintf("%.1f %s", v, units[i])
+}
+
+func cmdChangePassword(args []string) error {
+	fl := newFlags("change-password", "change-password -c FILE   (new password on stdin)")
+	cfgPath := fl.String("c", "", "configuration file (its encryption_password is the current password)")
+	if _, err := parseFlags(fl, args); err != nil {
+		return err
+	}
+	if *cfgPath == "" {
+		return errors.New("-c FILE is required")
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "new password (one line on stdin):")
+	line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+	if err != nil && line == "" {
+		return fmt.Errorf("read new password: %w", err)
+	}
+	newPw := strings.TrimRight(line, "\r\n")
+	if newPw == "" {
+		return errors.New("the new password is empty")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	st, err := store.Open(ctx, cfg.Storage.URL, storeOptions(cfg))
+	if err != nil {
+		return err
+	}
+	if err := fs.ChangePassword(ctx, st, cfg.Storage.EncryptionPassword, newPw, crypt.DefaultParams); err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr, "password changed: the data key is now wrapped with the new password; set it as [storage] encryption_password (or ZEROFS_PASSWORD) before the next start")
+	return nil
+}
+
+func storeOptions(c *config.Config) store.Options {
+	return store.Options{
+		Region: c.AWS.Region, Endpoint: c.AWS.Endpoint,
+		AccessKeyID: c.AWS.AccessKeyID, SecretAccessKey: c.AWS.SecretAccessKey,
+		AllowHTTP: c.AWS.AllowHTTP, UsePathStyle: c.AWS.PathStyle,
+	}
+}

@@ -1,0 +1,362 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"zerofs/config"
+)
+
+// The CLI tests build the real binary and run it as users do.
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+func zerofsBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "zerofs-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "zerofs")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	for i := 0; i < 50; i++ {
+		p := 30000 + int(time.Now().UnixNano()%10000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err == nil {
+			ln.Close()
+			return p
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+type server struct {
+	cmd   *exec.Cmd
+	dir   string
+	admin string
+	nbd   string
+	nfs   string
+	logs  *strings.Builder
+	mu    *sync.Mutex
+	ready chan struct{}
+}
+
+// startServer runs `zerofs run -c` on the example configuration with only the
+// ports changed, in a fresh working directory.
+func startServer(t *testing.T, bin, template string) *server {
+	t.Helper()
+	dir := t.TempDir()
+	s := &server{dir: dir, logs: &strings.Builder{}, mu: &sync.Mutex{}, ready: make(chan struct{})}
+	s.nbd = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s.nfs = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfg := strings.NewReplacer(`"127.0.0.1:10809"`, `"`+s.nbd+`"`, `"127.0.0.1:2049"`, `"`+s.nfs+`"`,
+		`"127.0.0.1:7311"`, `"`+s.admin+`"`, "disk_size_gb = 1.0", "disk_size_gb = 0.05").Replace(template)
+	if err := os.WriteFile(filepath.Join(dir, "zerofs.toml"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.cmd = exec.Command(bin, "run", "-c", "zerofs.toml")
+	s.cmd.Dir = dir
+	stderr, _ := s.cmd.StderrPipe()
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			s.mu.Lock()
+			s.logs.WriteString(sc.Text() + "\n")
+			s.mu.Unlock()
+			if strings.Contains(sc.Text(), "zerofs is ready") {
+				close(s.ready)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		if s.cmd.ProcessState == nil {
+			s.cmd.Process.Kill()
+			s.cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("server log:\n%s", s.log())
+		}
+	})
+	select {
+	case <-s.ready:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("server not ready after 30s:\n%s", s.log())
+	}
+	return s
+}
+
+func (s *server) log() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.logs.String()
+}
+
+func (s *server) stop(t *testing.T) {
+	t.Helper()
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- s.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("server exited with %v after SIGTERM:\n%s", err, s.log())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("server did not stop within 60s of SIGTERM:\n%s", s.log())
+	}
+	if !strings.Contains(s.log(), "msg=stopped") {
+		t.Fatalf("no clean stop in the log:\n%s", s.log())
+	}
+}
+
+func run(t *testing.T, bin string, stdin string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func need(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is not installed: run scripts/install-test-deps.sh (make test does)", tool)
+		}
+	}
+}
+
+// TestInitOutputRuns: `zerofs init -` prints a configuration that parses and
+// serves unchanged (but for the ports, so tests do not collide).
+func TestInitOutputRuns(t *testing.T) {
+	bin := zerofsBinary(t)
+	out, err := run(t, bin, "", "init", "-")
+	if err != nil {
+		t.Fatalf("init -: %v\n%s", err, out)
+	}
+	if _, err := config.Parse("init-output.toml", []byte(out)); err != nil {
+		t.Fatalf("init output does not parse: %v", err)
+	}
+	s := startServer(t, bin, out)
+	s.stop(t)
+
+	// init FILE writes the file and refuses to overwrite it.
+	path := filepath.Join(t.TempDir(), "z.toml")
+	if out, err := run(t, bin, "", "init", path); err != nil {
+		t.Fatalf("init FILE: %v\n%s", err, out)
+	}
+	if out, err := run(t, bin, "", "init", path); err == nil || !strings.Contains(out, "exists") {
+		t.Fatalf("init over an existing file: %v\n%s", err, out)
+	}
+}
+
+// TestRunServesAndManagesDevices is `make run` as a user sees it: the example
+// configuration starts, serves NBD, the CLI manages devices, /metrics shows
+// the traffic, SIGTERM stops cleanly and the data is there after a restart.
+func TestRunServesAndManagesDevices(t *testing.T) {
+	need(t, "nbdinfo", "qemu-io", "nfs-ls", "nfs-cat")
+	bin := zerofsBinary(t)
+	example, err := os.ReadFile("../../config.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, bin, string(example))
+	adm := []string{"--admin", s.admin}
+	if out, err := run(t, bin, "", append([]string{"nbd", "create", "disk0", "--size", "64M"}, adm...)...); err != nil {
+		t.Fatalf("nbd create: %v\n%s", err, out)
+	}
+	if out, err := run(t, bin, "", append([]string{"nbd", "create", "disk0", "--size", "64M"}, adm...)...); err == nil {
+		t.Fatalf("creating an existing device succeeded:\n%s", out)
+	}
+	if out, err := run(t, bin, "", append([]string{"nbd", "resize", "disk0", "--size", "128M"}, adm...)...); err != nil {
+		t.Fatalf("nbd resize: %v\n%s", err, out)
+	}
+	out, err := run(t, bin, "", append([]string{"nbd", "list"}, adm...)...)
+	if err != nil || !strings.Contains(out, "disk0") || !strings.Contains(out, "134217728") {
+		t.Fatalf("nbd list: %v\n%s", err, out)
+	}
+	uri := "nbd://" + s.nbd + "/disk0"
+	info, err := exec.Command("nbdinfo", "--json", uri).Output()
+	if err != nil {
+		t.Fatalf("nbdinfo: %v", err)
+	}
+	var parsed struct {
+		Exports []struct {
+			Size uint64 `json:"export-size"`
+		} `json:"exports"`
+	}
+	if err := json.Unmarshal(info, &parsed); err != nil || len(parsed.Exports) != 1 || parsed.Exports[0].Size != 128<<20 {
+		t.Fatalf("nbdinfo --json: %v\n%s", err, info)
+	}
+	qout, err := exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0x5a 4096 1M", "-c", "flush", "-c", "read -P 0x5a 4096 1M", uri).CombinedOutput()
+	if err != nil || strings.Contains(string(qout), "failed") {
+		t.Fatalf("qemu-io: %v\n%s", err, qout)
+	}
+	// NFS on the same filesystem: the device is a file in /.nbd.
+	host, port, _ := net.SplitHostPort(s.nfs)
+	nfsURL := fmt.Sprintf("nfs://%s/.nbd/?nfsport=%s&mountport=%s&auto-traverse-mounts=0", host, port, port)
+	ls, err := exec.Command("nfs-ls", nfsURL).CombinedOutput()
+	if err != nil || !strings.Contains(string(ls), "disk0") {
+		t.Fatalf("nfs-ls of /.nbd: %v\n%s", err, ls)
+	}
+	status, err := run(t, bin, "", append([]string{"status", "--json"}, adm...)...)
+	if err != nil || !strings.Contains(status, `"writable": true`) {
+		t.Fatalf("status: %v\n%s", err, status)
+	}
+	metrics := scrape(t, "http://"+s.admin+"/metrics")
+	for _, family := range []string{"zerofs_nbd_requests_total", "zerofs_nbd_request_duration_seconds_count",
+		"zerofs_nbd_bytes_total", "zerofs_store_requests_total", "zerofs_store_bytes_total",
+		"zerofs_wal_records_total", "zerofs_wal_bytes_total", "zerofs_commit_duration_seconds_count",
+		"zerofs_nfs_requests_total", "zerofs_nfs_request_duration_seconds_count", "zerofs_cache_hits_total"} {
+		if !nonZero(metrics, family) {
+			t.Errorf("metric family %s has no non-zero sample", family)
+		}
+	}
+	s.stop(t)
+
+	// Restart on the same directory: the device and its data are there.
+	s2 := &server{}
+	*s2 = *s
+	cmd := exec.Command(bin, "run", "-c", "zerofs.toml")
+	cmd.Dir = s.dir
+	s2.cmd, s2.logs, s2.mu, s2.ready = cmd, &strings.Builder{}, &sync.Mutex{}, make(chan struct{})
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			s2.mu.Lock()
+			s2.logs.WriteString(sc.Text() + "\n")
+			s2.mu.Unlock()
+			if strings.Contains(sc.Text(), "zerofs is ready") {
+				close(s2.ready)
+			}
+		}
+	}()
+	select {
+	case <-s2.ready:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("restart not ready:\n%s", s2.log())
+	}
+	qout, err = exec.Command("qemu-io", "-f", "raw", "-c", "read -P 0x5a 4096 1M", uri).CombinedOutput()
+	if err != nil || strings.Contains(string(qout), "failed") {
+		t.Fatalf("data after restart: %v\n%s", err, qout)
+	}
+	s2.stop(t)
+}
+
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// nonZero reports whether some sample of the family has a non-zero value.
+func nonZero(text, family string) bool {
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, family) || strings.HasPrefix(line, "#") {
+			continue
+		}
+		rest := strings.TrimPrefix(line, family)
+		if rest != "" && rest[0] != '{' && rest[0] != ' ' {
+			continue // a longer name sharing the prefix
+		}
+		f := strings.Fields(line)
+		if v := f[len(f)-1]; v != "0" && v != "0.0" {
+			return true
+		}
+	}
+	return false
+}
+
+func TestSizes(t *testing.T) {
+	cases := []struct {
+		in   string
+		want uint64
+		ok   bool
+	}{
+		{"4096", 4096, true}, {"100G", 100 << 30, true}, {"20GiB", 20 << 30, true}, {"512m", 512 << 20, true},
+		{"1T", 1 << 40, true}, {"", 0, false}, {"1.5G", 0, false}, {"-1G", 0, false}, {"ten", 0, false},
+		{"99999999999999999999E", 0, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := parseSize(tc.in)
+			if (err == nil) != tc.ok || got != tc.want {
+				t.Fatalf("parseSize(%q) = %d, %v", tc.in, got, err)
+			}
+		})
+	}
+}
+
+func TestErrorsSayWhatToFix(t *testing.T) {
+	bin := zerofsBinary(t)
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"run without config", []string{"run"}, "-c FILE is required"},
+		{"unknown command", []string{"frobnicate"}, "unknown command"},
+		{"nbd without subcommand", []string{"nbd"}, "missing subcommand"},
+		{"nbd create without size", []string{"nbd", "create", "x"}, "needs --size"},
+		{"no server", []string{"nbd", "list", "--admin", "127.0.0.1:1"}, "is zerofs running"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := run(t, bin, "", tc.args...)
+			if err == nil || !strings.Contains(out, tc.want) {
+				t.Fatalf("zerofs %v: %v\n%s", tc.args, err, out)
+			}
+		})
+	}
+	// --help on every command works and exits 0.
+	for _, c := range commands {
+		if out, err := run(t, bin, "", c.name, "--help"); err != nil && c.name != "version" {
+			t.Errorf("zerofs %s --help: %v\n%s", c.name, err, out)
+		}
+	}
+}

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"zerofs/admin"
+	"zerofs/config"
+	"zerofs/frame"
+	"zerofs/fs"
+	"zerofs/metrics"
+	"zerofs/nbd"
+	"zerofs/nfs"
+	"zerofs/store"
+)
+
+func cmdRun(args []string) error {
+	fl := newFlags("run", "run -c FILE")
+	cfgPath := fl.String("c", "", "configuration file (zerofs init writes a template)")
+	if _, err := parseFlags(fl, args); err != nil {
+		return err
+	}
+	if *cfgPath == "" {
+		return errors.New("-c FILE is required (zerofs init zerofs.toml writes a template)")
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log)
+	slog.SetDefault(log)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return serve(ctx, cfg, log)
+}
+
+func newLogger(c config.Log) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// serve opens the filesystem, serves it until ctx ends, then stops the
+// servers (letting requests in flight finish) and closes the filesystem,
+// which flushes everything and writes a checkpoint.
+func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	if strings.Contains(cfg.Storage.EncryptionPassword, "example-insecure") {
+		log.Warn("using the example encryption password: set ZEROFS_PASSWORD for anything but a trial")
+	}
+	m := metrics.New()
+	main, err := store.Open(ctx, cfg.Storage.URL, storeOptions(cfg))
+	if err != nil {
+		return err
+	}
+	main = m.Store(main, "main")
+	var walStore store.Store
+	if cfg.WAL.URL != "" {
+		if walStore, err = store.Open(ctx, cfg.WAL.URL, storeOptions(cfg)); err != nil {
+			return err
+		}
+		walStore = m.Store(walStore, "wal")
+	}
+	codec, err := frame.ParseCodec(cfg.Storage.Compression)
+	if err != nil {
+		return err
+	}
+	log.Info("opening filesystem", "store", main.String(), "cache_dir", cfg.Cache.Dir)
+	f, err := fs.Open(ctx, fs.Options{
+		Main: main, WAL: walStore, Password: cfg.Storage.EncryptionPassword,
+		Dir: cfg.Cache.Dir, ChunkSize: cfg.Storage.ChunkSizeKB << 10, Compression: codec,
+		CacheBytes:         int64(cfg.Cache.MemorySizeGB * (1 << 30)),
+		DiskCacheBytes:     int64(cfg.Cache.DiskSizeGB * (1 << 30)),
+		BatchBytes:         int64(cfg.WAL.BatchSizeMB) << 20,
+		BatchAge:           cfg.WAL.FlushInterval.Duration,
+		MaxDirtyBytes:      int64(cfg.WAL.MaxDirtyMB) << 20,
+		WALInFlight:        cfg.WAL.InFlight,
+		CheckpointInterval: cfg.GC.CheckpointInterval.Duration,
+		GCInterval:         cfg.GC.Interval.Duration,
+		SegmentBytes:       int64(cfg.GC.SegmentSizeMB) << 20,
+		Logger:             log,
+	})
+	if err != nil {
+		return err
+	}
+	m.Watch(f)
+
+	var (
+		wg       sync.WaitGroup
+		stoppers []func(context.Context) error
+		failed   = make(chan error, 8)
+	)
+	listen := func(what, addr string) (net.Listener, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("%s: listen on %s: %w (is another zerofs running? change the address in the config)", what, addr, err)
+		}
+		return ln, nil
+	}
+	cleanup := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, s := range stoppers {
+			s(sctx)
+		}
+		wg.Wait()
+		if err := f.Close(); err != nil {
+			log.Error("closing the filesystem", "err", err)
+		}
+	}
+
+	for _, addr := range cfg.Servers.NBD.Addresses {
+		ln, err := listen("NBD", addr)
+		if err != nil {
+			cleanup()
+			return err
+		}
+		srv := nbd.NewServer(f, nbd.Options{Logger: log, Observe: m.ObserveNBD})
+		stoppers = append(stoppers, srv.Shutdown)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ln); err != nil {
+				failed <- fmt.Errorf("NBD server on %s: %w", addr, err)
+			}
+		}()
+		log.Info("serving NBD", "address", ln.Addr().String())
+	}
+	var allowed []netip.Prefix
+	for _, n := range cfg.Servers.NFS.AllowedNetworks {
+		allowed = append(allowed, netip.MustParsePrefix(n)) // validated by config
+	}
+	for _, addr := range cfg.Servers.NFS.Addresses {
+		ln, err := listen("NFS", addr)
+		if err != nil {
+			cleanup()
+			return err
+		}
+		srv := nfs.NewServer(f, nfs.Options{Logger: log, AllowedNetworks: allowed,
+			RootSquash: cfg.Servers.NFS.RootSquash, Observe: m.ObserveNFS})
+		stoppers = append(stoppers, srv.Shutdown)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ln); err != nil {
+				failed <- fmt.Errorf("NFS server on %s: %w", addr, err)
+			}
+		}()
+		log.Info("serving NFSv3", "address", ln.Addr().String(), "allowed_networks", cfg.Servers.NFS.AllowedNetworks)
+	}
+	if a := cfg.Servers.Admin.Address; a != "" {
+		ln, err := listen("admin", a)
+		if err != nil {
+			cleanup()
+			return err
+		}
+		hs := &http.Server{Handler: admin.Handler(f, m.Handler(), log), ReadHeaderTimeout: 10 * time.Second}
+		stoppers = append(stoppers, hs.Shutdown)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				failed <- fmt.Errorf("admin endpoint on %s: %w", a, err)
+			}
+		}()
+		log.Info("serving admin API", "address", ln.Addr().String())
+	}
+	printHowTo(cfg)
+
+	select {
+	case <-ctx.Done():
+		log.Info("stopping: flushing and writing a checkpoint")
+	case err = <-failed:
+		log.Error("a server failed; stopping", "err", err)
+	}
+	cleanup()
+	log.Info("stopped")
+	return err
+}
+
+// printHowTo tells the user exactly how to attach and mount.
+func printHowTo(cfg *config.Config) {
+	var b strings.Builder
+	b.WriteString("zerofs is ready.\n")
+	if len(cfg.Servers.NBD.Addresses) > 0 {
+		host, port, _ := net.SplitHostPort(cfg.Servers.NBD.Addresses[0])
+		admin := ""
+		if cfg.Servers.Admin.Address != "" {
+			admin = " --admin " + cfg.Servers.Admin.Address
+		}
+		fmt.Fprintf(&b, "  create a device:  zerofs nbd create disk0 --size 10G%s\n", admin)
+		fmt.Fprintf(&b, "  attach it:        nbd-client %s %s /dev/nbd0 -N disk0 -persist -timeout 600 -connections 8\n", host, port)
+		fmt.Fprintf(&b, "  or inspect it:    nbdinfo nbd://%s:%s/disk0\n", host, port)
+	}
+	if len(cfg.Servers.NFS.Addresses) > 0 {
+		host, port, _ := net.SplitHostPort(cfg.Servers.NFS.Addresses[0])
+		fmt.Fprintf(&b, "  mount over NFS:   mount -t nfs -o vers=3,tcp,port=%s,mountport=%s,nolock %s:/ /mnt/zerofs\n", port, port, host)
+		fmt.Fprintf(&b, "  or list it:       nfs-ls 'nfs://%s/?nfsport=%s&mountport=%s&auto-traverse-mounts=0'\n", host, port, port)
+	}
+	fmt.Fprint(os.Stderr, b.String())
+}

@@ -1,0 +1,195 @@
+package nbd
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"zerofs/crypt"
+	"zerofs/fs"
+	"zerofs/store"
+)
+
+// BenchmarkNBDFio compares zerofs's NBD server (in process, on a file://
+// store with default filesystem settings) with nbdkit's memory plugin, both
+// driven by fio's nbd engine in the same run, and prints a table. Run it
+// with bench/nbd.sh (or: go test -run '^$' -bench BenchmarkNBDFio
+// -benchtime 1x ./nbd). ZEROFS_BENCH_RUNTIME sets seconds per workload
+// (default 5), ZEROFS_BENCH_SIZE the export size in MiB (default 512),
+// ZEROFS_BENCH_ONLY runs only workloads whose name contains it.
+//
+// The machine is shared and noisy: compare the ratios of one run, not
+// absolute numbers across runs.
+func BenchmarkNBDFio(b *testing.B) {
+	fio := requireTool(b, "fio")
+	nbdkit := requireTool(b, "nbdkit")
+	runtime := envInt(b, "ZEROFS_BENCH_RUNTIME", 5)
+	sizeMiB := envInt(b, "ZEROFS_BENCH_SIZE", 512)
+	size := uint64(sizeMiB) << 20
+
+	// zerofs on a local file:// store.
+	ctx := context.Background()
+	dir := b.TempDir()
+	st, err := store.Open(ctx, "file://"+filepath.Join(dir, "store"), store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	f, err := fs.Open(ctx, fs.Options{
+		Main: st, Dir: filepath.Join(dir, "state"), Password: "bench", KeyParams: crypt.TestParams,
+		Logger: log,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := CreateExport(ctx, f, "bench", size); err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := NewServer(f, Options{Logger: log})
+	go srv.Serve(ln)
+	defer srv.Shutdown(context.Background())
+	zerofsURI := nbdURI(ln.Addr().String(), "bench")
+
+	// nbdkit memory on a port from the test range.
+	port := freePortInRange(b)
+	kit := exec.Command(nbdkit, "--foreground", "--exit-with-parent", "--port", strconv.Itoa(port), "--ipaddr", "127.0.0.1", "memory", fmt.Sprintf("%dM", sizeMiB))
+	kit.Stderr = os.Stderr
+	if err := kit.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		kit.Process.Kill()
+		kit.Wait()
+	}()
+	kitURI := fmt.Sprintf("nbd://127.0.0.1:%d/", port)
+	waitListening(b, fmt.Sprintf("127.0.0.1:%d", port))
+
+	type workload struct {
+		name string
+		args []string
+	}
+	timed := []string{"--time_based=1", fmt.Sprintf("--runtime=%d", runtime), "--ramp_time=1"}
+	workloads := []workload{
+		{"4k randread QD1", append([]string{"--rw=randread", "--bs=4k", "--iodepth=1"}, timed...)},
+		{"4k randread QD32", append([]string{"--rw=randread", "--bs=4k", "--iodepth=32"}, timed...)},
+		{"4k randwrite QD1", append([]string{"--rw=randwrite", "--bs=4k", "--iodepth=1"}, timed...)},
+		{"4k randwrite QD32", append([]string{"--rw=randwrite", "--bs=4k", "--iodepth=32"}, timed...)},
+		{"1M seq read QD8", append([]string{"--rw=read", "--bs=1M", "--iodepth=8"}, timed...)},
+		{"1M seq write QD8", append([]string{"--rw=write", "--bs=1M", "--iodepth=8"}, timed...)},
+		{"4k randwrite+FLUSH each QD1", append([]string{"--rw=randwrite", "--bs=4k", "--iodepth=1", "--fsync=1"}, timed...)},
+	}
+	run := func(uri string, args []string) fioResult {
+		all := append([]string{"--name=bench", "--ioengine=nbd", "--uri=" + uri, "--output-format=json",
+			fmt.Sprintf("--size=%d", size), "--randrepeat=0"}, args...)
+		out, stderr, err := runToolErr(time.Duration(runtime+120)*time.Second, fio, all...)
+		if err != nil {
+			b.Fatalf("fio %s: %v\n%s\n%s", strings.Join(all, " "), err, out, stderr)
+		}
+		return parseFio(b, out)
+	}
+	// Fill both exports first so reads return data, not holes.
+	fill := []string{"--rw=write", "--bs=1M", "--iodepth=8"}
+	run(zerofsURI, fill)
+	run(kitURI, fill)
+
+	b.ResetTimer()
+	var rows []string
+	rows = append(rows, fmt.Sprintf("%-28s %12s %10s %12s %10s %8s", "workload", "zerofs IOPS", "MiB/s", "nbdkit IOPS", "MiB/s", "ratio"))
+	only := os.Getenv("ZEROFS_BENCH_ONLY") // a substring of workload names
+	for _, w := range workloads {
+		if only != "" && !strings.Contains(w.name, only) {
+			continue
+		}
+		z := run(zerofsURI, w.args)
+		k := run(kitURI, w.args)
+		ratio := 0.0
+		if k.iops > 0 {
+			ratio = z.iops / k.iops
+		}
+		rows = append(rows, fmt.Sprintf("%-28s %12.0f %10.1f %12.0f %10.1f %8.2f", w.name, z.iops, z.mibps, k.iops, k.mibps, ratio))
+		b.ReportMetric(z.iops, strings.ReplaceAll(w.name, " ", "_")+"_zerofs_iops")
+	}
+	b.StopTimer()
+	table := strings.Join(rows, "\n")
+	fmt.Printf("\nNBD over loopback, fio nbd engine, %d MiB export, %ds per workload\n%s\n\n", sizeMiB, runtime, table)
+}
+
+type fioResult struct {
+	iops, mibps float64
+}
+
+// parseFio sums read and write of fio's JSON output.
+func parseFio(b *testing.B, out string) fioResult {
+	// fio prints "fio: connected to NBD server" lines before the JSON.
+	if i := strings.Index(out, "{"); i > 0 {
+		out = out[i:]
+	}
+	var doc struct {
+		Jobs []struct {
+			Read  struct{ IOPS, BW float64 } `json:"read"`
+			Write struct{ IOPS, BW float64 } `json:"write"`
+		} `json:"jobs"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		b.Fatalf("fio JSON: %v\n%s", err, out)
+	}
+	var r fioResult
+	for _, j := range doc.Jobs {
+		r.iops += j.Read.IOPS + j.Write.IOPS
+		r.mibps += (j.Read.BW + j.Write.BW) / 1024 // fio reports KiB/s
+	}
+	return r
+}
+
+func envInt(b *testing.B, name string, def int) int {
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		b.Fatalf("%s=%q: want a positive integer", name, s)
+	}
+	return n
+}
+
+// freePortInRange picks a free port in 30000–39999 (the range tests use).
+func freePortInRange(b *testing.B) int {
+	for range 100 {
+		p := 30000 + rand.IntN(10000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err == nil {
+			ln.Close()
+			return p
+		}
+	}
+	b.Fatal("no free port in 30000-39999")
+	return 0
+}
+
+func waitListening(b *testing.B, addr string) {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b.Fatalf("nothing listens on %s", addr)
+}

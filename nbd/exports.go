@@ -1,0 +1,254 @@
+package nbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+
+	"zerofs/fs"
+)
+
+// Exports are the regular files in the directory /.nbd of the filesystem,
+// named after the file. They are looked up when a client negotiates, so they
+// can be created, resized and deleted (through these functions, or over NFS:
+// `truncate -s 20G /mnt/zerofs/.nbd/db`) without restarting the server.
+//
+// Rules:
+//   - An export's size is the file's size at negotiation; it stays fixed for
+//     the life of that connection, as NBD requires. Growing an export is
+//     seen by new connections. Shrinking it under connected clients is the
+//     administrator's responsibility: those clients keep the old size, read
+//     zeros past the new end, and their writes there extend the file again.
+//   - An export is read-only (NBD_FLAG_READ_ONLY; writes, trims and zeroing
+//     fail with EPERM) when its file has no owner write bit (mode &0200 == 0),
+//     e.g. after `chmod a-w /mnt/zerofs/.nbd/golden`. The NBD server acts
+//     as root, so no other permission bit matters.
+//   - Deleting an export under connected clients makes their requests fail
+//     with EIO.
+//   - There is no default export: the empty name is unknown (NBD_REP_ERR_UNKNOWN,
+//     or a closed connection for NBD_OPT_EXPORT_NAME). Attaching the wrong
+//     block device because a name was forgotten is worse than an error.
+
+// ExportDir is the directory, under the filesystem root, that holds exports.
+const ExportDir = ".nbd"
+
+// ExportInfo describes an export.
+type ExportInfo struct {
+	Name     string
+	Size     uint64
+	ReadOnly bool // the file has no owner write bit
+}
+
+// ValidateExportName checks that name can name an export: NBD export names
+// are UTF-8 strings of up to 4096 bytes, and as file names they must be 1 to
+// 255 bytes, without '/' or NUL, and not "." or "..". Errors wrap
+// fs.ErrInvalid or fs.ErrNameTooLong.
+func ValidateExportName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("export name is empty (there is no default export): %w", fs.ErrInvalid)
+	case name == "." || name == "..":
+		return fmt.Errorf("export name %q: %w", name, fs.ErrInvalid)
+	case len(name) > fs.MaxNameLen:
+		return fmt.Errorf("export name of %d bytes exceeds %d: %w", len(name), fs.MaxNameLen, fs.ErrNameTooLong)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("export name %q is not valid UTF-8: %w", name, fs.ErrInvalid)
+	case strings.ContainsAny(name, "/\x00"):
+		return fmt.Errorf("export name %q contains '/' or NUL: %w", name, fs.ErrInvalid)
+	}
+	return nil
+}
+
+// ListExports lists the exports in name order (the directory's listing
+// order). A filesystem without /.nbd has none.
+func ListExports(ctx context.Context, f *fs.FS) ([]ExportInfo, error) {
+	dir, err := f.Lookup(ctx, fs.Root, fs.RootIno, ExportDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list exports: look up /%s: %w", ExportDir, err)
+	}
+	if !dir.IsDir() {
+		return nil, fmt.Errorf("list exports: /%s is not a directory: %w", ExportDir, fs.ErrNotDir)
+	}
+	var out []ExportInfo
+	for cookie := uint64(0); ; {
+		ents, eof, err := f.ReadDir(ctx, fs.Root, dir.Ino, cookie, 256)
+		if err != nil {
+			return nil, fmt.Errorf("list exports: read /%s: %w", ExportDir, err)
+		}
+		for _, e := range ents {
+			cookie = e.Cookie
+			if e.Type != fs.TypeRegular || ValidateExportName(e.Name) != nil {
+				continue
+			}
+			n, err := f.GetAttr(ctx, e.Ino)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // deleted since the listing
+			}
+			if err != nil {
+				return nil, fmt.Errorf("list exports: %q: %w", e.Name, err)
+			}
+			out = append(out, ExportInfo{Name: e.Name, Size: n.Size, ReadOnly: n.Mode&0o200 == 0})
+		}
+		if eof || len(ents) == 0 {
+			break
+		}
+	}
+	return out, nil
+}
+
+// CreateExport creates export name of size bytes: a 0644 file in /.nbd,
+// creating the 0755 directory if missing. It fails with an error wrapping
+// fs.ErrExist if the export exists. The export is durable when it returns.
+func CreateExport(ctx context.Context, f *fs.FS, name string, size uint64) error {
+	if err := ValidateExportName(name); err != nil {
+		return fmt.Errorf("create export: %w", err)
+	}
+	if size > fs.MaxFileSize {
+		return fmt.Errorf("create export %q: size %d exceeds the maximum %d: %w", name, size, uint64(fs.MaxFileSize), fs.ErrFileTooBig)
+	}
+	dir, err := ensureExportDir(ctx, f)
+	if err != nil {
+		return fmt.Errorf("create export %q: %w", name, err)
+	}
+	n, _, err := f.Create(ctx, fs.Root, dir, name, fs.NewNode{Mode: fs.TypeRegular | 0o644, Exclusive: true})
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create export %q: it already exists: %w", name, fs.ErrExist)
+	}
+	if err != nil {
+		return fmt.Errorf("create export %q: %w", name, err)
+	}
+	if size > 0 {
+		if _, _, err := f.SetAttr(ctx, fs.Root, n.Ino, fs.SetAttrs{Size: &size}); err != nil {
+			// Do not leave a half-made export behind.
+			if _, rerr := f.Remove(ctx, fs.Root, dir, name); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("removing the new file: %w", rerr))
+			}
+			return fmt.Errorf("create export %q: set size %d: %w", name, size, err)
+		}
+	}
+	if err := f.Flush(ctx); err != nil {
+		return fmt.Errorf("create export %q: flush: %w", name, err)
+	}
+	return nil
+}
+
+// ensureExportDir returns /.nbd's inode, creating the directory if missing.
+func ensureExportDir(ctx context.Context, f *fs.FS) (uint64, error) {
+	for range 2 {
+		d, err := f.Lookup(ctx, fs.Root, fs.RootIno, ExportDir)
+		if err == nil {
+			if !d.IsDir() {
+				return 0, fmt.Errorf("/%s is not a directory: %w", ExportDir, fs.ErrNotDir)
+			}
+			return d.Ino, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return 0, fmt.Errorf("look up /%s: %w", ExportDir, err)
+		}
+		d, _, err = f.Create(ctx, fs.Root, fs.RootIno, ExportDir, fs.NewNode{Mode: fs.TypeDir | 0o755})
+		if err == nil {
+			return d.Ino, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return 0, fmt.Errorf("create /%s: %w", ExportDir, err)
+		}
+		// Created concurrently: look it up again.
+	}
+	return 0, fmt.Errorf("create /%s: it keeps appearing and disappearing: %w", ExportDir, fs.ErrIO)
+}
+
+// ResizeExport sets export name's size. Connected clients keep the size
+// they negotiated (see the package rules above). Durable when it returns.
+func ResizeExport(ctx context.Context, f *fs.FS, name string, size uint64) error {
+	if err := ValidateExportName(name); err != nil {
+		return fmt.Errorf("resize export: %w", err)
+	}
+	if size > fs.MaxFileSize {
+		return fmt.Errorf("resize export %q: size %d exceeds the maximum %d: %w", name, size, uint64(fs.MaxFileSize), fs.ErrFileTooBig)
+	}
+	n, err := lookupExportFile(ctx, f, name)
+	if err != nil {
+		return fmt.Errorf("resize export: %w", err)
+	}
+	if _, _, err := f.SetAttr(ctx, fs.Root, n.Ino, fs.SetAttrs{Size: &size}); err != nil {
+		return fmt.Errorf("resize export %q to %d: %w", name, size, err)
+	}
+	if err := f.Flush(ctx); err != nil {
+		return fmt.Errorf("resize export %q: flush: %w", name, err)
+	}
+	return nil
+}
+
+// DeleteExport deletes export name and its data. Connected clients' requests
+// fail from then on. Durable when it returns.
+func DeleteExport(ctx context.Context, f *fs.FS, name string) error {
+	if err := ValidateExportName(name); err != nil {
+		return fmt.Errorf("delete export: %w", err)
+	}
+	dir, err := f.Lookup(ctx, fs.Root, fs.RootIno, ExportDir)
+	if err != nil {
+		return fmt.Errorf("delete export %q: look up /%s: %w", name, ExportDir, err)
+	}
+	if _, err := lookupExportFile(ctx, f, name); err != nil {
+		return fmt.Errorf("delete export: %w", err)
+	}
+	if _, err := f.Remove(ctx, fs.Root, dir.Ino, name); err != nil {
+		return fmt.Errorf("delete export %q: %w", name, err)
+	}
+	if err := f.Flush(ctx); err != nil {
+		return fmt.Errorf("delete export %q: flush: %w", name, err)
+	}
+	return nil
+}
+
+// lookupExportFile finds the regular file behind export name.
+func lookupExportFile(ctx context.Context, f *fs.FS, name string) (fs.Inode, error) {
+	dir, err := f.Lookup(ctx, fs.Root, fs.RootIno, ExportDir)
+	if err != nil {
+		return fs.Inode{}, fmt.Errorf("export %q: look up /%s: %w", name, ExportDir, err)
+	}
+	n, err := f.Lookup(ctx, fs.Root, dir.Ino, name)
+	if err != nil {
+		return fs.Inode{}, fmt.Errorf("export %q: %w", name, err)
+	}
+	if !n.IsReg() {
+		return fs.Inode{}, fmt.Errorf("export %q: /%s/%s is not a regular file: %w", name, ExportDir, name, fs.ErrInvalid)
+	}
+	return n, nil
+}
+
+// export is an export as one connection sees it, fixed at negotiation.
+type export struct {
+	name     string
+	ino      uint64
+	size     uint64
+	readOnly bool
+}
+
+// exportSource is what negotiation needs from the outside world; an
+// interface so negotiation can be tested and fuzzed without a filesystem.
+type exportSource interface {
+	lookup(ctx context.Context, name string) (export, error)
+	list(ctx context.Context) ([]ExportInfo, error)
+}
+
+// fsExports serves exports from a filesystem.
+type fsExports struct{ f *fs.FS }
+
+func (e fsExports) lookup(ctx context.Context, name string) (export, error) {
+	if err := ValidateExportName(name); err != nil {
+		return export{}, err
+	}
+	n, err := lookupExportFile(ctx, e.f, name)
+	if err != nil {
+		return export{}, err
+	}
+	return export{name: name, ino: n.Ino, size: n.Size, readOnly: n.Mode&0o200 == 0}, nil
+}
+
+func (e fsExports) list(ctx context.Context) ([]ExportInfo, error) { return ListExports(ctx, e.f) }

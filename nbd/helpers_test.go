@@ -1,0 +1,192 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"zerofs/crypt"
+	"zerofs/fs"
+	"zerofs/store"
+)
+
+// fsOptions returns options for a small, fast filesystem for NBD tests.
+func fsOptions(t testing.TB, st store.Store, dir string) fs.Options {
+	return fs.Options{
+		Main: st, Dir: dir, Password: "test password", KeyParams: crypt.TestParams,
+		ChunkSize: 64 << 10, BatchAge: 50 * time.Millisecond,
+		CheckpointInterval: -1, GCInterval: -1,
+		Logger: testLogger(t),
+	}
+}
+
+// testLogger logs warnings and errors through t (everything with
+// ZEROFS_TEST_LOG set).
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("ZEROFS_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	w := &testWriter{t: t}
+	// Logging through t after the test ends panics; background goroutines
+	// may still log then.
+	t.Cleanup(func() {
+		w.mu.Lock()
+		w.done = true
+		w.mu.Unlock()
+	})
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type testWriter struct {
+	mu   sync.Mutex
+	t    testing.TB
+	done bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Logf("%s", bytes.TrimRight(p, "\n"))
+	}
+	return len(p), nil
+}
+
+// openTestFS opens a filesystem on an in-memory store, closed at cleanup.
+func openTestFS(t testing.TB) *fs.FS {
+	t.Helper()
+	f, err := fs.Open(context.Background(), fsOptions(t, store.NewMem(), t.TempDir()))
+	if err != nil {
+		t.Fatalf("open fs: %v", err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// startServer serves f on 127.0.0.1 and returns the server and its address.
+// At cleanup it shuts down and checks that Serve returned nil.
+func startServer(t testing.TB, f *fs.FS, opts Options) (*Server, string) {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	s := NewServer(f, opts)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-served; err != nil {
+			t.Errorf("Serve returned %v after Shutdown, want nil", err)
+		}
+	})
+	return s, ln.Addr().String()
+}
+
+func mustCreateExport(t testing.TB, f *fs.FS, name string, size uint64) {
+	t.Helper()
+	if err := CreateExport(context.Background(), f, name, size); err != nil {
+		t.Fatalf("create export: %v", err)
+	}
+}
+
+// requireTool returns the path of a client binary the tests drive, failing
+// (not skipping) when it is missing.
+func requireTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s is not installed: run scripts/install-test-deps.sh (make test does): %v", name, err)
+	}
+	return p
+}
+
+// python is the interpreter with the libnbd module (python3-libnbd): the
+// system one, since another python3 earlier in PATH may lack it.
+const python = "/usr/bin/python3"
+
+func requirePythonNBD(t testing.TB) {
+	t.Helper()
+	out, err := exec.Command(python, "-c", "import nbd").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s cannot import nbd (python3-libnbd): run scripts/install-test-deps.sh (make test does): %v\n%s", python, err, out)
+	}
+}
+
+// runTool runs a command with a timeout and returns its stdout; it fails the
+// test with stderr on error.
+func runTool(t testing.TB, timeout time.Duration, name string, args ...string) string {
+	t.Helper()
+	out, stderr, err := runToolErr(timeout, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\nstdout:\n%s\nstderr:\n%s", name, strings.Join(args, " "), err, out, stderr)
+	}
+	return out
+}
+
+func runToolErr(timeout time.Duration, name string, args ...string) (string, string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		err = fmt.Errorf("timed out after %v: %w", timeout, errors.Join(err, ctx.Err()))
+	}
+	return stdout.String(), stderr.String(), err
+}
+
+func nbdURI(addr, name string) string { return "nbd://" + addr + "/" + name }
+
+// opCounter counts commands and bytes through Options.Observe.
+type opCounter struct {
+	mu    sync.Mutex
+	count map[string]int
+	bytes map[string]int64
+	errs  map[string]int
+}
+
+func newOpCounter() *opCounter {
+	return &opCounter{count: map[string]int{}, bytes: map[string]int64{}, errs: map[string]int{}}
+}
+
+func (o *opCounter) observe(cmd string, n int, _ time.Duration, err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.count[cmd]++
+	o.bytes[cmd] += int64(n)
+	if err != nil {
+		o.errs[cmd]++
+	}
+}
+
+func (o *opCounter) get(cmd string) (count int, bytes int64, errs int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.count[cmd], o.bytes[cmd], o.errs[cmd]
+}
+
+func (o *opCounter) reset() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	clear(o.count)
+	clear(o.bytes)
+	clear(o.errs)
+}

@@ -1,0 +1,149 @@
+package nbd
+
+import (
+	"bytes"
+	"encoding/binary"
+	"strings"
+)
+
+// Reply encoding: pure functions appending wire bytes.
+
+const (
+	simpleReplyLen = 16 // magic(4) error(4) cookie(8)
+	chunkHeaderLen = 20 // magic(4) flags(2) type(2) cookie(8) length(4)
+	// maxErrorMessage bounds the human-readable text in error chunks: the
+	// spec's limit on strings.
+	maxErrorMessage = maxStringLen
+)
+
+// appendSimpleReply appends a simple reply header; a successful READ's data
+// follows it.
+func appendSimpleReply(dst []byte, errno uint32, cookie uint64) []byte {
+	dst = binary.BigEndian.AppendUint32(dst, simpleReplyMagic)
+	dst = binary.BigEndian.AppendUint32(dst, errno)
+	return binary.BigEndian.AppendUint64(dst, cookie)
+}
+
+// appendChunkHeader appends a structured reply chunk header announcing length
+// bytes of payload.
+func appendChunkHeader(dst []byte, flags, typ uint16, cookie uint64, length uint32) []byte {
+	dst = binary.BigEndian.AppendUint32(dst, structuredReplyMagic)
+	dst = binary.BigEndian.AppendUint16(dst, flags)
+	dst = binary.BigEndian.AppendUint16(dst, typ)
+	dst = binary.BigEndian.AppendUint64(dst, cookie)
+	return binary.BigEndian.AppendUint32(dst, length)
+}
+
+// appendNoneChunk appends NBD_REPLY_TYPE_NONE, the final chunk of a reply
+// with nothing (more) to say.
+func appendNoneChunk(dst []byte, cookie uint64) []byte {
+	return appendChunkHeader(dst, replyFlagDone, replyTypeNone, cookie, 0)
+}
+
+// appendErrorChunk appends a final NBD_REPLY_TYPE_ERROR chunk.
+func appendErrorChunk(dst []byte, cookie uint64, errno uint32, msg string) []byte {
+	msg = clipMessage(msg)
+	dst = appendChunkHeader(dst, replyFlagDone, replyTypeError, cookie, uint32(6+len(msg)))
+	dst = binary.BigEndian.AppendUint32(dst, errno)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(msg)))
+	return append(dst, msg...)
+}
+
+// appendOffsetDataHeader appends an NBD_REPLY_TYPE_OFFSET_DATA chunk header
+// and the offset; n bytes of data must follow.
+func appendOffsetDataHeader(dst []byte, cookie uint64, flags uint16, off uint64, n int) []byte {
+	dst = appendChunkHeader(dst, flags, replyTypeOffsetData, cookie, uint32(8+n))
+	return binary.BigEndian.AppendUint64(dst, off)
+}
+
+// appendOffsetHole appends an NBD_REPLY_TYPE_OFFSET_HOLE chunk.
+func appendOffsetHole(dst []byte, cookie uint64, flags uint16, off uint64, n uint32) []byte {
+	dst = appendChunkHeader(dst, flags, replyTypeOffsetHole, cookie, 12)
+	dst = binary.BigEndian.AppendUint64(dst, off)
+	return binary.BigEndian.AppendUint32(dst, n)
+}
+
+// statusDesc is one block status descriptor.
+type statusDesc struct {
+	length uint32
+	flags  uint32
+}
+
+// appendBlockStatus appends a final NBD_REPLY_TYPE_BLOCK_STATUS chunk for
+// context id. descs must not be empty.
+func appendBlockStatus(dst []byte, cookie uint64, id uint32, descs []statusDesc) []byte {
+	dst = appendChunkHeader(dst, replyFlagDone, replyTypeBlockStatus, cookie, uint32(4+8*len(descs)))
+	dst = binary.BigEndian.AppendUint32(dst, id)
+	for _, d := range descs {
+		dst = binary.BigEndian.AppendUint32(dst, d.length)
+		dst = binary.BigEndian.AppendUint32(dst, d.flags)
+	}
+	return dst
+}
+
+// clipMessage bounds an error message to the spec's string limit, cutting at
+// a rune boundary so it stays valid UTF-8.
+func clipMessage(msg string) string {
+	msg = strings.ToValidUTF8(strings.ReplaceAll(msg, "\x00", ""), "?")
+	if len(msg) <= maxErrorMessage {
+		return msg
+	}
+	cut := maxErrorMessage
+	for cut > 0 && msg[cut]&0xc0 == 0x80 { // inside a multi-byte rune
+		cut--
+	}
+	return msg[:cut]
+}
+
+// zeroBlock is what zero detection compares against.
+var zeroBlock = make([]byte, preferredBlockSize)
+
+// isZero reports whether b is all zeros.
+func isZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroBlock))
+		if !bytes.Equal(b[:n], zeroBlock[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
+// segment is part of a structured READ reply: data or a hole.
+type segment struct {
+	off  uint64 // absolute export offset
+	n    int
+	hole bool
+}
+
+// splitZeros splits data, read at export offset off, into data and hole
+// segments. Holes are runs of whole preferred-size blocks (aligned to the
+// export, as the spec's SHOULD about 512-byte multiples wants) that are all
+// zeros; everything else, including zero bytes at unaligned edges, is data.
+// The segments cover data exactly, in order, alternating.
+func splitZeros(off uint64, data []byte) []segment {
+	var segs []segment
+	add := func(at uint64, n int, hole bool) {
+		if n == 0 {
+			return
+		}
+		if k := len(segs) - 1; k >= 0 && segs[k].hole == hole {
+			segs[k].n += n
+			return
+		}
+		segs = append(segs, segment{off: at, n: n, hole: hole})
+	}
+	pos := 0
+	for pos < len(data) {
+		at := off + uint64(pos)
+		next := int(preferredBlockSize - at%preferredBlockSize) // to the next aligned boundary
+		if next > len(data)-pos {
+			next = len(data) - pos
+		}
+		whole := at%preferredBlockSize == 0 && next == preferredBlockSize
+		add(at, next, whole && isZero(data[pos:pos+next]))
+		pos += next
+	}
+	return segs
+}

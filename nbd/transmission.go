@@ -1,0 +1,378 @@
+package nbd
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// A connection after negotiation is served by one reader (this package's
+// only consumer of the socket), a bounded pool of workers that execute
+// requests, and one writer that serializes replies. Replies go out in
+// completion order, which may differ from request order: the spec allows it,
+// and it keeps a slow request (a FLUSH waiting for the WAL) from holding back
+// fast ones. There is no per-export lock: the filesystem orders concurrent
+// writes itself.
+//
+// The reader consumes each request's payload before the next header, even
+// for requests it rejects, so a refused request never desynchronizes the
+// stream. Only a broken stream (bad magic, a read error mid-payload) closes
+// the connection.
+
+const (
+	readBufferSize  = 256 << 10
+	writeBufferSize = 16 << 10
+)
+
+// conn is one client connection.
+type conn struct {
+	s   *Server
+	nc  net.Conn
+	log *slog.Logger
+	br  *bufio.Reader
+	bw  *bufio.Writer // negotiation only; transmission writes with writev
+
+	mu          sync.Mutex // guards interrupted and deadline changes
+	interrupted bool       // Shutdown asked the reader to stop
+
+	dead atomic.Bool // the socket was closed on us or by us: drop replies
+
+	// Transmission phase.
+	exp        export
+	sess       session
+	jobs       chan *job
+	replies    chan *reply
+	budget     *budget
+	workers    sync.WaitGroup
+	writerDone chan struct{}
+}
+
+// job is a request handed from the reader to a worker.
+type job struct {
+	req     request
+	payload []byte // WRITE data, from c.alloc
+	start   time.Time
+}
+
+// reply is a reply handed to the writer: wire bytes in parts (headers and
+// data slices), and what to release once they are written or dropped.
+type reply struct {
+	parts [][]byte
+	free  func()
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	return &conn{
+		s:   s,
+		nc:  nc,
+		log: s.log.With("remote", nc.RemoteAddr().String()),
+		br:  bufio.NewReaderSize(nc, readBufferSize),
+		bw:  bufio.NewWriterSize(nc, writeBufferSize),
+	}
+}
+
+// aLongTimeAgo is a deadline in the past: it makes blocked reads return.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// setDeadline sets the socket deadline unless Shutdown interrupted us, in
+// which case reads must keep failing at once.
+func (c *conn) setDeadline(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.interrupted {
+		c.nc.SetReadDeadline(aLongTimeAgo)
+		return
+	}
+	c.nc.SetDeadline(t)
+}
+
+// interrupt makes the reader stop (Shutdown): requests already read finish
+// and their replies are sent.
+func (c *conn) interrupt() {
+	c.mu.Lock()
+	c.interrupted = true
+	c.nc.SetReadDeadline(aLongTimeAgo)
+	c.mu.Unlock()
+}
+
+func (c *conn) wasInterrupted() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.interrupted
+}
+
+// abort closes the connection at once (hard disconnect). Replies still
+// queued are dropped; the reader and writer see errors and wind down.
+func (c *conn) abort() {
+	c.dead.Store(true)
+	c.nc.Close()
+}
+
+// recoverBug turns a panic in one of the connection's goroutines into a
+// logged bug and a closed connection; the server goes on.
+func (c *conn) recoverBug(where string) {
+	if p := recover(); p != nil {
+		c.log.Error("nbd: BUG: panic serving connection; closing it", "where", where, "panic", p, "stack", string(debug.Stack()))
+		c.abort()
+	}
+}
+
+// serve runs the connection to its end.
+func (c *conn) serve() {
+	defer c.nc.Close()
+	defer c.recoverBug("negotiation")
+	c.setDeadline(time.Now().Add(c.s.opts.HandshakeTimeout))
+	n, err := negotiate(c.s.ctx, c.br, c.bw, c.s.exports, c.s.closing.Load, c.log)
+	if err != nil {
+		switch {
+		case errors.Is(err, errAbort), errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), c.wasInterrupted():
+			c.log.Debug("nbd: connection ended during negotiation", "err", err)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			c.log.Info("nbd: negotiation timed out; closing", "timeout", c.s.opts.HandshakeTimeout)
+		default:
+			c.log.Warn("nbd: negotiation failed; closing", "err", err)
+		}
+		return
+	}
+	c.setDeadline(time.Time{})
+	c.transmit(n)
+}
+
+// transmit serves the transmission phase.
+func (c *conn) transmit(n *negotiated) {
+	c.exp = n.exp
+	c.sess = session{size: n.exp.size, readOnly: n.exp.readOnly, structured: n.structured, meta: n.meta}
+	c.log = c.log.With("export", n.exp.name)
+	c.log.Debug("nbd: transmission begins", "size", n.exp.size, "read_only", n.exp.readOnly, "structured", n.structured)
+	workers := c.s.opts.Workers
+	c.jobs = make(chan *job)
+	c.replies = make(chan *reply, 2*workers)
+	c.budget = newBudget(c.s.opts.ConnBufferBytes)
+	c.writerDone = make(chan struct{})
+	go c.writeLoop()
+	c.workers.Add(workers)
+	for range workers {
+		go c.workLoop()
+	}
+
+	disc := c.readLoop()
+
+	close(c.jobs)
+	c.workers.Wait()
+	if disc && !c.dead.Load() {
+		// The spec does not ask for it, but a client disconnecting cleanly
+		// deserves its completed writes made durable.
+		if err := c.s.f.Flush(c.s.ctx); err != nil {
+			c.log.Warn("nbd: flush at disconnect failed", "err", err)
+		}
+	}
+	close(c.replies)
+	<-c.writerDone
+	c.lingeringClose()
+	c.log.Debug("nbd: connection closed", "soft_disconnect", disc)
+}
+
+// Lingering close: closing a TCP socket with unread input sends a reset,
+// and a reset can destroy replies the client has not read yet (it discards
+// the peer's receive queue). So once every reply is written, half-close, and
+// read and discard what the client still sends, for a bounded time and
+// amount, until it closes its side.
+const (
+	lingerTime  = 2 * time.Second
+	lingerBytes = 64 << 20
+)
+
+func (c *conn) lingeringClose() {
+	defer c.nc.Close()
+	tc, ok := c.nc.(*net.TCPConn)
+	if !ok || c.dead.Load() {
+		return
+	}
+	if err := tc.CloseWrite(); err != nil {
+		return
+	}
+	tc.SetReadDeadline(time.Now().Add(lingerTime))
+	io.CopyN(io.Discard, tc, lingerBytes)
+}
+
+// readLoop reads requests until the client disconnects (disc true for
+// NBD_CMD_DISC), the stream breaks, or Shutdown interrupts it.
+func (c *conn) readLoop() (disc bool) {
+	defer c.recoverBug("reader")
+	hdr := make([]byte, requestHeaderLen)
+	for {
+		if _, err := io.ReadFull(c.br, hdr); err != nil {
+			switch {
+			case c.wasInterrupted():
+				c.log.Debug("nbd: server shutting down: no more requests read")
+			case errors.Is(err, io.EOF), c.dead.Load(), errors.Is(err, net.ErrClosed):
+				c.log.Debug("nbd: client hung up without NBD_CMD_DISC", "err", err)
+			default:
+				c.log.Info("nbd: reading request failed; closing", "err", err)
+			}
+			return false
+		}
+		start := time.Now()
+		r, err := decodeRequest(hdr)
+		if err != nil {
+			// Nothing more can be parsed. Requests already read still get
+			// their replies (helpful to whoever debugs the client), then
+			// the connection closes.
+			c.log.Warn("nbd: malformed request; closing the connection", "err", err)
+			return false
+		}
+		v := checkRequest(r, c.sess)
+		if v.disc {
+			c.s.observe(cmdName(r.typ), 0, time.Since(start), nil)
+			return true
+		}
+		var payload []byte
+		if v.payload > 0 {
+			if v.err != nil {
+				_, err = io.CopyN(io.Discard, c.br, int64(v.payload))
+			} else {
+				payload = c.alloc(int(v.payload))
+				_, err = io.ReadFull(c.br, payload)
+			}
+			if err != nil {
+				if payload != nil {
+					c.free(payload)
+				}
+				// Replies to requests already read still go out (if
+				// the client is still there) before the close.
+				if c.wasInterrupted() {
+					c.log.Debug("nbd: server shutting down in the middle of a write's payload", "err", err)
+				} else {
+					c.log.Info("nbd: connection lost in the middle of a write's payload; closing", "err", err)
+				}
+				return false
+			}
+		}
+		if v.err != nil {
+			c.log.Debug("nbd: request refused", "cmd", cmdName(r.typ), "err", v.err)
+			c.sendError(r, v.err)
+			c.s.observe(cmdName(r.typ), int(r.length), time.Since(start), v.err)
+			continue
+		}
+		c.jobs <- &job{req: r, payload: payload, start: start}
+	}
+}
+
+func (c *conn) workLoop() {
+	defer c.workers.Done()
+	for j := range c.jobs {
+		c.run(j)
+	}
+}
+
+// run executes one job; a panic closes the connection but not the worker.
+func (c *conn) run(j *job) {
+	defer c.recoverBug(cmdName(j.req.typ))
+	err := c.exec(j)
+	c.s.observe(cmdName(j.req.typ), int(j.req.length), time.Since(j.start), err)
+}
+
+// Reply batching: the writer gathers the replies already queued, up to
+// these bounds, and sends them with one writev. Data slices go to the kernel
+// as they are, without a copy through a user-space buffer.
+const (
+	maxBatchParts = 1024 // IOV_MAX
+	maxBatchBytes = 8 << 20
+)
+
+// writeLoop sends replies until the channel closes.
+func (c *conn) writeLoop() {
+	defer close(c.writerDone)
+	var (
+		bufs  net.Buffers
+		frees []func()
+	)
+	for r := range c.replies {
+		size := 0
+		for {
+			for _, p := range r.parts {
+				bufs = append(bufs, p)
+				size += len(p)
+			}
+			if r.free != nil {
+				frees = append(frees, r.free)
+			}
+			if len(bufs) >= maxBatchParts || size >= maxBatchBytes {
+				break
+			}
+			var ok bool
+			select {
+			case r, ok = <-c.replies:
+			default:
+			}
+			if !ok || r == nil {
+				break
+			}
+		}
+		c.writeBatch(&bufs)
+		for i, f := range frees {
+			f()
+			frees[i] = nil
+		}
+		frees = frees[:0]
+		clear(bufs[:cap(bufs)])
+		bufs = bufs[:0]
+	}
+}
+
+// writeBatch writes the gathered replies; a failure closes the connection
+// and later replies are dropped.
+func (c *conn) writeBatch(bufs *net.Buffers) {
+	defer c.recoverBug("writer")
+	if c.dead.Load() {
+		return
+	}
+	// WriteTo consumes its receiver; keep ours for reuse.
+	b := *bufs
+	if _, err := b.WriteTo(c.nc); err != nil {
+		c.log.Debug("nbd: sending replies failed; closing", "err", err)
+		c.abort()
+	}
+}
+
+// send queues a reply.
+func (c *conn) send(r *reply) { c.replies <- r }
+
+// sendOK queues a successful reply without payload.
+func (c *conn) sendOK(r request) {
+	c.send(&reply{parts: [][]byte{appendSimpleReply(make([]byte, 0, simpleReplyLen), 0, r.cookie)}})
+}
+
+// sendError queues an error reply: a structured error chunk when structured
+// replies were negotiated (required for READ, preferred for the others since
+// it carries a message), else a simple reply.
+func (c *conn) sendError(r request, e *reqError) {
+	var b []byte
+	if c.sess.structured {
+		b = appendErrorChunk(nil, r.cookie, e.code, e.msg)
+	} else {
+		b = appendSimpleReply(nil, e.code, r.cookie)
+	}
+	c.send(&reply{parts: [][]byte{b}})
+}
+
+// alloc takes an n-byte payload buffer within the connection's budget,
+// waiting if the budget is exhausted.
+func (c *conn) alloc(n int) []byte {
+	c.budget.acquire(int64(n))
+	return getBuf(n)
+}
+
+// free returns a buffer from alloc (with its original length).
+func (c *conn) free(b []byte) {
+	n := len(b)
+	putBuf(b)
+	c.budget.release(int64(n))
+}

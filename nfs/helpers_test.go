@@ -1,0 +1,192 @@
+package nfs
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"zerofs/crypt"
+	"zerofs/fs"
+	"zerofs/store"
+)
+
+// fixture is a filesystem on an in-memory store served on a loopback port.
+type fixture struct {
+	t    testing.TB
+	st   *gatedStore
+	dir  string
+	fs   *fs.FS
+	srv  *Server
+	addr string
+	opts Options
+	done chan error
+}
+
+func testFSOptions(t testing.TB, st store.Store, dir string) fs.Options {
+	return fs.Options{
+		Main: st, Dir: dir, Password: "test password", KeyParams: crypt.TestParams,
+		ChunkSize: 64 << 10, BatchAge: 50 * time.Millisecond,
+		CheckpointInterval: -1, GCInterval: -1,
+		Logger: testLogger(t),
+	}
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("ZEROFS_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Logf("%s", bytes.TrimRight(p, "\n"))
+	return len(p), nil
+}
+
+func newFixture(t testing.TB, opts Options) *fixture {
+	t.Helper()
+	f := &fixture{t: t, st: &gatedStore{Store: store.NewMem()}, dir: t.TempDir(), opts: opts}
+	f.start()
+	t.Cleanup(f.stop)
+	return f
+}
+
+func (f *fixture) start() {
+	f.t.Helper()
+	fsys, err := fs.Open(context.Background(), testFSOptions(f.t, f.st, f.dir))
+	if err != nil {
+		f.t.Fatalf("open fs: %v", err)
+	}
+	f.fs = fsys
+	opts := f.opts
+	if opts.Logger == nil {
+		opts.Logger = testLogger(f.t)
+	}
+	f.srv = NewServer(fsys, opts)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.addr = ln.Addr().String()
+	f.done = make(chan error, 1)
+	go func() { f.done <- f.srv.Serve(ln) }()
+}
+
+// stop shuts the server down and closes the filesystem.
+func (f *fixture) stop() {
+	if f.srv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := f.srv.Shutdown(ctx); err != nil {
+		f.t.Errorf("shutdown: %v", err)
+	}
+	if err := <-f.done; err != nil {
+		f.t.Errorf("Serve returned %v after Shutdown", err)
+	}
+	if err := f.fs.Close(); err != nil {
+		f.t.Errorf("close fs: %v", err)
+	}
+	f.srv = nil
+}
+
+// restart stops the server and the filesystem and starts both again on
+// the same store and state directory (a new port).
+func (f *fixture) restart() {
+	f.t.Helper()
+	f.stop()
+	f.start()
+}
+
+func (f *fixture) client(uid, gid uint32, groups ...uint32) *nfsClient {
+	f.t.Helper()
+	return dialNFS(f.t, f.addr, uid, gid, groups...)
+}
+
+// gatedStore holds every write to the store while closed: a store outage,
+// or a slow store, on demand.
+type gatedStore struct {
+	store.Store
+	mu sync.Mutex
+	ch chan struct{} // nil while open
+}
+
+func gateStore(f *fixture) *gatedStore {
+	f.t.Cleanup(f.st.open) // before the fixture's stop, which flushes
+	return f.st
+}
+
+func (g *gatedStore) close() {
+	g.mu.Lock()
+	if g.ch == nil {
+		g.ch = make(chan struct{})
+	}
+	g.mu.Unlock()
+}
+
+func (g *gatedStore) open() {
+	g.mu.Lock()
+	if g.ch != nil {
+		close(g.ch)
+		g.ch = nil
+	}
+	g.mu.Unlock()
+}
+
+func (g *gatedStore) wait(ctx context.Context) error {
+	g.mu.Lock()
+	ch := g.ch
+	g.mu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (g *gatedStore) Put(ctx context.Context, key string, data []byte) (string, error) {
+	if err := g.wait(ctx); err != nil {
+		return "", err
+	}
+	return g.Store.Put(ctx, key, data)
+}
+
+func (g *gatedStore) PutIfAbsent(ctx context.Context, key string, data []byte) (string, error) {
+	if err := g.wait(ctx); err != nil {
+		return "", err
+	}
+	return g.Store.PutIfAbsent(ctx, key, data)
+}
+
+func (g *gatedStore) PutIfMatch(ctx context.Context, key string, data []byte, etag string) (string, error) {
+	if err := g.wait(ctx); err != nil {
+		return "", err
+	}
+	return g.Store.PutIfMatch(ctx, key, data, etag)
+}
+
+func mustPrefixes(t testing.TB, s ...string) []netip.Prefix {
+	t.Helper()
+	var out []netip.Prefix
+	for _, p := range s {
+		pp, err := netip.ParsePrefix(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, pp)
+	}
+	return out
+}
