@@ -89,3 +89,21 @@ func (k *Key) Open(dst, box, aad []byte) ([]byte, error) {
 	}
 	return out, nil
 }
+
+// SealInPlace seals box[NonceSize:len(box)-TagSize] in place: it writes a
+// random nonce into box[:NonceSize], encrypts the plaintext where it lies and
+// writes the tag into the last TagSize bytes. It lets a caller lay plaintext
+// straight into its final buffer and avoid a copy.
+func (k *Key) SealInPlace(box, aad []byte) {
+	if len(box) < Overhead {
+		panic("crypt: SealInPlace on a box shorter than the overhead")
+	}
+	if _, err := rand.Read(box[:NonceSize]); err != nil {
+		panic(fmt.Sprintf("crypt: reading random nonce: %v", err))
+	}
+	plain := box[NonceSize : len(box)-TagSize]
+	k.aead.Seal(plain[:0], box[:NonceSize], plain, aad)
+}
+
+// TagSize is the size of the authentication tag at the end of a sealed box.
+const TagSize = chacha20poly1305.Overhead

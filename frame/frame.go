@@ -110,39 +110,63 @@ func NewCoder(key *crypt.Key, codec Codec) (*Coder, error) {
 // Overhead bounds the bytes Encode adds to an incompressible frame.
 const Overhead = crypt.Overhead + 1 + binary.MaxVarintLen32
 
-// Encode compresses raw (keeping it uncompressed when that saves less than
-// 1/32 of it) and seals it bound to id, appending the sealed frame to dst.
-func (c *Coder) Encode(dst, raw []byte, id ID) []byte {
+// Prepared is a frame compressed and ready to be sealed, whose final size is
+// known: the sealer lays out a whole WAL record before encrypting anything,
+// so frames are encrypted straight into their place in it.
+type Prepared struct {
+	ID      ID
+	hdr     [1 + binary.MaxVarintLen32]byte // codec | raw length
+	hdrLen  int
+	payload []byte // the raw bytes, or their compressed form
+}
+
+// Size is the sealed frame's length.
+func (p *Prepared) Size() int { return crypt.Overhead + p.hdrLen + len(p.payload) }
+
+// Prepare compresses raw with the coder's codec, keeping it uncompressed when
+// that saves less than 1/32 of it. The result refers to raw.
+func (c *Coder) Prepare(raw []byte, id ID) Prepared {
 	if len(raw) > MaxRaw {
 		panic(fmt.Sprintf("frame: %d raw bytes exceed MaxRaw", len(raw)))
 	}
-	plain := make([]byte, 1+binary.MaxVarintLen32, 1+binary.MaxVarintLen32+len(raw))
-	hdr := 1 + binary.PutUvarint(plain[1:], uint64(len(raw)))
-	plain = plain[:hdr]
+	p := Prepared{ID: id, payload: raw}
 	used := None
 	switch c.codec {
 	case Zstd:
-		plain = c.zenc.EncodeAll(raw, plain)
-		used = Zstd
+		if out := c.zenc.EncodeAll(raw, nil); len(out) < len(raw)-len(raw)/32 {
+			p.payload, used = out, Zstd
+		}
 	case LZ4:
-		plain = append(plain, make([]byte, lz4.CompressBlockBound(len(raw)))...)
+		out := make([]byte, lz4.CompressBlockBound(len(raw)))
 		var comp lz4.Compressor
-		n, err := comp.CompressBlock(raw, plain[hdr:])
-		if err == nil && n > 0 {
-			plain = plain[:hdr+n]
-			used = LZ4
-		} else {
-			plain = plain[:hdr]
+		if n, err := comp.CompressBlock(raw, out); err == nil && n > 0 && n < len(raw)-len(raw)/32 {
+			p.payload, used = out[:n], LZ4
 		}
 	}
-	if used != None && len(plain)-hdr >= len(raw)-len(raw)/32 {
-		used, plain = None, plain[:hdr]
+	p.hdr[0] = byte(used)
+	p.hdrLen = 1 + binary.PutUvarint(p.hdr[1:], uint64(len(raw)))
+	return p
+}
+
+// SealInto encrypts p into dst, which must be exactly p.Size() bytes and
+// must not overlap p's payload.
+func (c *Coder) SealInto(dst []byte, p *Prepared) {
+	if len(dst) != p.Size() {
+		panic(fmt.Sprintf("frame: SealInto a %d-byte buffer, frame is %d", len(dst), p.Size()))
 	}
-	if used == None {
-		plain = append(plain, raw...)
-	}
-	plain[0] = byte(used)
-	return c.key.Seal(dst, plain, id.aad())
+	n := copy(dst[crypt.NonceSize:], p.hdr[:p.hdrLen])
+	copy(dst[crypt.NonceSize+n:], p.payload)
+	c.key.SealInPlace(dst, p.ID.aad())
+}
+
+// Encode compresses raw (keeping it uncompressed when that saves less than
+// 1/32 of it) and seals it bound to id, appending the sealed frame to dst.
+func (c *Coder) Encode(dst, raw []byte, id ID) []byte {
+	p := c.Prepare(raw, id)
+	n := len(dst)
+	dst = append(dst, make([]byte, p.Size())...)
+	c.SealInto(dst[n:], &p)
+	return dst
 }
 
 // Decode authenticates box against id, decompresses it and appends the raw

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,10 @@ type batch struct {
 	dataBytes atomic.Int64 // bytes held by dirty chunk buffers
 	changes   atomic.Int64 // mutations so far; zero means nothing to seal
 
+	// enc is published by the sealer once the batch is encoded and its WAL
+	// append started: see encoded.
+	enc atomic.Pointer[encoded]
+
 	// Set by the sealer and completer.
 	delta   *delta
 	frames  []sealedFrame
@@ -60,6 +65,16 @@ func (b *batch) finish(err error) {
 	})
 }
 
+// encoded is what a batch became once the sealer encoded it and gave it a
+// WAL sequence number: each chunk's final pieces, with the references to the
+// record itself resolved. A newer batch changing one of those chunks takes
+// these pieces as its base, instead of copying the older batch's data (and
+// writing it to the WAL a second time). Until the record is durable, its
+// frames are read from FS.pending.
+type encoded struct {
+	chunks map[chunkID][]Piece
+}
+
 const chunkShards = 64
 
 type chunkShard struct {
@@ -75,10 +90,50 @@ func (c chunkID) shard() int { return int((c.ino*0x9E3779B97F4A7C15 ^ c.idx) % c
 // data over cover, base pieces elsewhere, and zeros where neither is. base and
 // cover never overlap. Guarded by the chunk's lock in FS.chunkLocks while the
 // batch is open.
+//
+// The buffer holds only the part of the chunk written so far (from dataOff):
+// a 4 KiB write into a 64 KiB chunk costs 4 KiB of memory, not 64, which also
+// keeps the batch size (what seals it, and what back-pressure counts) honest.
 type dirtyChunk struct {
-	base  []Piece // pieces of the older state still visible
-	data  []byte  // chunk-sized buffer, nil until the first write
-	cover spans   // ranges of data holding written bytes
+	base    []Piece // pieces of the older state still visible
+	data    []byte  // chunk bytes [dataOff, dataOff+len(data)); nil until the first write
+	dataOff uint32
+	cover   spans // ranges of the chunk holding written bytes, within data
+}
+
+// bytes returns the buffer for chunk bytes [a, e), which cover must include.
+func (dc *dirtyChunk) bytes(a, e uint32) []byte {
+	return dc.data[a-dc.dataOff : e-dc.dataOff]
+}
+
+// grow makes the buffer cover chunk bytes [a, e) and returns how many bytes
+// it grew by. Once more than a quarter of the chunk is written the buffer
+// becomes the whole chunk, so small sequential writes do not copy it over
+// and over.
+func (dc *dirtyChunk) grow(a, e, chunkSize uint32) int64 {
+	end := dc.dataOff + uint32(len(dc.data))
+	if dc.data != nil && a >= dc.dataOff && e <= end {
+		return 0
+	}
+	lo, hi := a, e
+	if dc.data != nil {
+		lo, hi = min(a, dc.dataOff), max(e, end)
+	}
+	if hi-lo > chunkSize/4 {
+		lo, hi = 0, chunkSize
+	}
+	nd := make([]byte, hi-lo)
+	for _, s := range dc.cover { // only covered bytes are meaningful
+		copy(nd[s.a-lo:s.b-lo], dc.bytes(s.a, s.b))
+	}
+	grew := int64(len(nd) - len(dc.data))
+	dc.data, dc.dataOff = nd, lo
+	return grew
+}
+
+// clone copies the chunk's state for a newer batch.
+func (dc *dirtyChunk) clone() *dirtyChunk {
+	return &dirtyChunk{base: slices.Clone(dc.base), data: slices.Clone(dc.data), dataOff: dc.dataOff, cover: slices.Clone(dc.cover)}
 }
 
 // sealedFrame is a frame encoded by the sealer, kept to fill the memory cache

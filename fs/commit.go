@@ -4,8 +4,10 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"zerofs/crypt"
 	"zerofs/frame"
 	"zerofs/wal"
 )
@@ -66,27 +68,63 @@ func (f *FS) seal(b *batch) {
 		f.doneCh <- b
 		return
 	}
-	d, frames, data := f.encodeBatch(b)
-	b.delta, b.frames = d, frames
-	var metaLen int
-	commit, err := f.wal.Append(func(seq uint64) ([]byte, []byte) {
-		meta := sealDelta(f.key, d, f.fsid, seq, f.epoch)
-		metaLen = len(meta)
-		return meta, data
-	})
+	rec := f.encodeBatch(b)
+	commit, err := f.wal.Append(rec.build)
 	if err != nil {
 		b.err = err
 		f.doneCh <- b
 		return
 	}
 	b.commit = commit
-	b.dataOff = int64(wal.HeaderSize + metaLen)
-	b.recSize = b.dataOff + int64(len(data))
+	b.dataOff = int64(wal.HeaderSize + rec.metaLen)
+	b.recSize = int64(len(rec.buf))
+	f.publishEncoded(b)
 	f.doneCh <- b
 }
 
-// encodeBatch turns a sealed batch into a delta and the record's data area.
-func (f *FS) encodeBatch(b *batch) (*delta, []sealedFrame, []byte) {
+// publishEncoded makes b's final chunk pieces available to newer batches
+// (see encoded), and its frames readable until the applier caches them.
+func (f *FS) publishEncoded(b *batch) {
+	self := ObjRef{Kind: ObjWAL, ID: b.commit.Pos.Seq}
+	e := &encoded{chunks: make(map[chunkID][]Piece, len(b.delta.chunks))}
+	for _, c := range b.delta.chunks {
+		ps := slices.Clone(c.pieces)
+		for i := range ps {
+			if ps[i].Frame.Obj.Kind == objSelf {
+				ps[i].Frame.Obj = self
+				ps[i].Frame.Off += uint64(b.dataOff)
+			}
+		}
+		e.chunks[chunkID{c.ino, c.idx}] = ps
+	}
+	for _, fr := range b.frames {
+		f.pending.Store(fr.id, fr.raw)
+	}
+	b.enc.Store(e)
+}
+
+// sealedRecord is a batch laid out as a WAL record, its frames already
+// encrypted in place, waiting only for its sequence number to seal the delta.
+type sealedRecord struct {
+	f       *FS
+	buf     []byte // the whole record object
+	plain   []byte // the delta's plaintext
+	metaLen int
+}
+
+func (r *sealedRecord) build(seq uint64) ([]byte, int) {
+	meta := r.buf[wal.HeaderSize : wal.HeaderSize+r.metaLen]
+	copy(meta[crypt.NonceSize:], r.plain)
+	r.f.key.SealInPlace(meta, deltaAAD(r.f.fsid, seq, r.f.epoch))
+	return r.buf, r.metaLen
+}
+
+// encodeBatch turns a sealed batch into a WAL record: the delta and, after
+// it, every new frame. The record is laid out in one buffer and each byte of
+// data is copied once: frames are compressed first (so their sizes are
+// known), the delta encoded with their offsets, the buffer allocated, and then
+// the frames encrypted straight into place.
+func (f *FS) encodeBatch(b *batch) *sealedRecord {
 	d := &delta{}
 	b.kv.Ascend(func(it kvItem) bool {
 		d.kv = append(d.kv, it)
@@ -98,7 +136,7 @@ func (f *FS) encodeBatch(b *batch) (*delta, []sealedFrame, []byte) {
 		id     chunkID
 		dc     *dirtyChunk
 		pieces []Piece
-		frames []sealedFrame
+		frames []preparedFrame
 	}
 	var jobs []*job
 	for i := range b.shards {
@@ -112,69 +150,93 @@ func (f *FS) encodeBatch(b *batch) (*delta, []sealedFrame, []byte) {
 		}
 		return cmpU64(x.id.idx, y.id.idx)
 	})
-
 	// Compressing and sealing frames is the CPU-heavy part of a flush:
-	// spread it over the cores.
-	work := make(chan *job)
-	var wg sync.WaitGroup
-	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range work {
-				j.pieces, j.frames = f.encodeChunk(j.id, j.dc)
-			}
-		}()
-	}
-	for _, j := range jobs {
-		work <- j
-	}
-	close(work)
-	wg.Wait()
+	// spread both over the cores.
+	parallel(len(jobs), func(i int) { jobs[i].pieces, jobs[i].frames = f.prepareChunk(jobs[i].id, jobs[i].dc) })
 
-	// Lay the frames out one after another in the data area.
-	var size int
-	for _, j := range jobs {
-		for _, fr := range j.frames {
-			size += len(fr.enc)
-		}
-	}
-	data := make([]byte, 0, size)
+	var dataLen int
 	var frames []sealedFrame
+	var preps []*preparedFrame
 	for _, j := range jobs {
-		offs := make(map[uint64]uint64, len(j.frames))
-		for _, fr := range j.frames {
-			fr.off = uint64(len(data))
-			offs[fr.id] = fr.off
-			data = append(data, fr.enc...)
-			frames = append(frames, fr)
+		for k := range j.frames {
+			fr := &j.frames[k]
+			fr.off = dataLen
+			dataLen += fr.prep.Size()
+			preps = append(preps, fr)
 		}
 		for i := range j.pieces {
 			if p := &j.pieces[i]; p.Frame.Obj.Kind == objSelf {
-				p.Frame.Off = offs[p.Frame.ID]
+				fr := &j.frames[p.Frame.Off] // prepareChunk put the frame's index there
+				p.Frame.Off, p.Frame.Size = uint64(fr.off), uint32(fr.prep.Size())
 			}
 		}
 		d.chunks = append(d.chunks, chunkSet{ino: j.id.ino, idx: j.id.idx, pieces: j.pieces})
 	}
-	return d, frames, data
+	rec := &sealedRecord{f: f, plain: d.encode()}
+	rec.metaLen = len(rec.plain) + crypt.Overhead
+	start := wal.HeaderSize + rec.metaLen
+	rec.buf = make([]byte, start+dataLen)
+	parallel(len(preps), func(i int) {
+		fr := preps[i]
+		f.coder.SealInto(rec.buf[start+fr.off:start+fr.off+fr.prep.Size()], &fr.prep)
+	})
+	for _, fr := range preps {
+		frames = append(frames, sealedFrame{
+			id: fr.prep.ID.Frame, ino: fr.prep.ID.Ino, idx: fr.prep.ID.Chunk, raw: fr.raw,
+			enc: rec.buf[start+fr.off : start+fr.off+fr.prep.Size()], off: uint64(fr.off),
+		})
+	}
+	b.delta, b.frames = d, frames
+	return rec
 }
 
-// encodeChunk computes a dirty chunk's final pieces, encoding one frame per
-// written span. A span of zeros becomes a hole rather than a frame: zeroing
-// (mkfs, WRITE_ZEROES without a punch) takes no space.
-func (f *FS) encodeChunk(id chunkID, dc *dirtyChunk) ([]Piece, []sealedFrame) {
+// preparedFrame is a frame compressed and placed, not yet encrypted.
+type preparedFrame struct {
+	prep frame.Prepared
+	raw  []byte
+	off  int // in the record's data area
+}
+
+// parallel runs fn(0..n-1) on all cores.
+func parallel(n int, fn func(int)) {
+	workers := min(n, runtime.GOMAXPROCS(0))
+	if workers <= 1 {
+		for i := 0; i < n; i++ {
+			fn(i)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				fn(i)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// prepareChunk computes a dirty chunk's final pieces and prepares one frame
+// per written span (compressed, not yet sealed). A span of zeros becomes a
+// hole rather than a frame: zeroing (mkfs, WRITE_ZEROES without a punch)
+// takes no space. Each new piece's Frame.Off temporarily holds the index of
+// its frame in the returned slice.
+func (f *FS) prepareChunk(id chunkID, dc *dirtyChunk) ([]Piece, []preparedFrame) {
 	pieces := slices.Clone(dc.base)
-	var frames []sealedFrame
+	var frames []preparedFrame
 	for _, s := range dc.cover {
-		raw := dc.data[s.a:s.b]
+		raw := dc.bytes(s.a, s.b)
 		if allZero(raw) {
 			continue
 		}
 		fid := f.newFrameID()
-		enc := f.coder.Encode(nil, raw, frame.ID{Frame: fid, Ino: id.ino, Chunk: id.idx})
-		frames = append(frames, sealedFrame{id: fid, ino: id.ino, idx: id.idx, raw: raw, enc: enc})
+		frames = append(frames, preparedFrame{prep: f.coder.Prepare(raw, frame.ID{Frame: fid, Ino: id.ino, Chunk: id.idx}), raw: raw})
 		pieces = insertPiece(pieces, Piece{Off: s.a, Len: s.b - s.a, Frame: FrameRef{
-			ID: fid, Obj: ObjRef{Kind: objSelf}, Size: uint32(len(enc)), Raw: uint32(len(raw)),
+			ID: fid, Obj: ObjRef{Kind: objSelf}, Off: uint64(len(frames) - 1), Raw: uint32(len(raw)),
 		}})
 	}
 	return pieces, frames
@@ -231,6 +293,7 @@ func (f *FS) applier() {
 				if f.disk != nil {
 					f.disk.Put(fr.id, fr.enc)
 				}
+				f.pending.Delete(fr.id)
 			}
 			if err := f.apply(b.delta, b.pos, b.dataOff, b.recSize); err != nil {
 				f.fail(err)

@@ -148,10 +148,6 @@ func deltaAAD(fsid [16]byte, seq, epoch uint64) []byte {
 	return binary.LittleEndian.AppendUint64(b, epoch)
 }
 
-func sealDelta(k *crypt.Key, d *delta, fsid [16]byte, seq, epoch uint64) []byte {
-	return k.Seal(nil, d.encode(), deltaAAD(fsid, seq, epoch))
-}
-
 func openDelta(k *crypt.Key, meta []byte, fsid [16]byte, seq, epoch uint64, chunkSize uint32) (*delta, error) {
 	plain, err := k.Open(nil, meta, deltaAAD(fsid, seq, epoch))
 	if err != nil {

@@ -159,18 +159,19 @@ const maxEpoch = 1<<24 - 1
 
 // FS is an open filesystem. All methods are safe for concurrent use.
 type FS struct {
-	opts      Options
-	log       *slog.Logger
-	main      store.Store
-	wal       *wal.Log
-	key       *crypt.Key
-	coder     *frame.Coder
-	cache     cache.Cache // decoded frames
-	disk      *cache.Disk // encoded frames; nil when disabled
-	db        *pebble.DB
-	fsid      [16]byte
-	epoch     uint64
-	chunkSize uint32
+	opts       Options
+	log        *slog.Logger
+	main       store.Store
+	wal        *wal.Log
+	key        *crypt.Key
+	coder      *frame.Coder
+	cache      cache.Cache // decoded frames
+	disk       *cache.Disk // encoded frames; nil when disabled
+	db         *pebble.DB
+	blockCache *pebble.Cache // pebble's block cache, shared by reopenings
+	fsid       [16]byte
+	epoch      uint64
+	chunkSize  uint32
 
 	nextFrame atomic.Uint64 // low 40 bits of new frame ids
 	nextSeg   atomic.Uint64 // low 40 bits of new segment ids
@@ -200,6 +201,7 @@ type FS struct {
 	applyCh chan *batch   // durable batches, to the applier
 
 	flights flightGroup // concurrent misses on one frame share one GET
+	pending sync.Map    // frame id → raw bytes of frames encoded, not yet applied
 
 	failed atomic.Pointer[error] // sticky: fenced, closed
 
@@ -292,6 +294,9 @@ func Open(ctx context.Context, opts Options) (*FS, error) {
 		wlog.Close()
 		if f.db != nil {
 			f.db.Close()
+		}
+		if f.blockCache != nil {
+			f.blockCache.Unref()
 		}
 		if f.dirLock != nil {
 			f.dirLock.Close()
@@ -456,6 +461,9 @@ func (f *FS) shutdown() {
 	f.memMu.Unlock()
 	if err := f.db.Close(); err != nil {
 		f.log.Warn("closing metadata database", "err", err)
+	}
+	if f.blockCache != nil {
+		f.blockCache.Unref()
 	}
 	if f.disk != nil {
 		f.disk.Close()

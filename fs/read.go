@@ -68,7 +68,7 @@ func (f *FS) readChunk(ctx context.Context, chain []*batch, id chunkID, a, e uin
 			for _, s := range dc.cover {
 				lo, hi := max(s.a, a), min(s.b, e)
 				if lo < hi {
-					copy(dst[lo-a:hi-a], dc.data[lo:hi])
+					copy(dst[lo-a:hi-a], dc.bytes(lo, hi))
 				}
 			}
 			pieces = dc.base
@@ -111,6 +111,9 @@ var errObjectGone = errors.New("data object not found")
 func (f *FS) frameData(ctx context.Context, ref FrameRef, id chunkID) ([]byte, error) {
 	if raw, ok := f.cache.Get(ref.ID); ok {
 		return raw, nil
+	}
+	if raw, ok := f.pending.Load(ref.ID); ok {
+		return raw.([]byte), nil // a batch's frame, its record not yet applied
 	}
 	fid := frame.ID{Frame: ref.ID, Ino: id.ino, Chunk: id.idx}
 	return f.flights.do(ref.ID, func() ([]byte, error) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 
 	"zerofs/wal"
 )
@@ -145,7 +146,13 @@ func readApplied(db *pebble.DB) (wal.Position, error) {
 }
 
 func (f *FS) openDB(dir string) (*pebble.DB, error) {
-	return pebble.Open(dir, &pebble.Options{
+	if f.blockCache == nil {
+		// Every write and read looks up a chunk entry: keep the metadata's
+		// hot blocks decoded in memory rather than pebble's 8 MB default.
+		f.blockCache = pebble.NewCache(128 << 20)
+	}
+	opts := &pebble.Options{
+		Cache:              f.blockCache,
 		Logger:             pebbleLogger{f},
 		FormatMajorVersion: pebble.FormatNewest,
 		// pebble's own log would only duplicate ours: after a crash, what
@@ -154,7 +161,11 @@ func (f *FS) openDB(dir string) (*pebble.DB, error) {
 		// flushes pebble first, covers them). Without it, applying costs no
 		// disk writes, and our WAL fsyncs do not drag pebble's along.
 		DisableWAL: true,
-	})
+	}
+	// Bloom filters make lookups of chunks never written (most of a fresh
+	// device) cost no block reads.
+	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
+	return pebble.Open(dir, opts)
 }
 
 // lockDir takes an exclusive lock on the local state dir for the life of the

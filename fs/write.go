@@ -73,11 +73,8 @@ func (f *FS) Write(ctx context.Context, c *Cred, ino uint64, off uint64, p []byt
 			mu.Unlock()
 			return Inode{}, err
 		}
-		if dc.data == nil {
-			dc.data = make([]byte, cs)
-			b.dataBytes.Add(int64(cs))
-		}
-		copy(dc.data[a:e], p[done:])
+		b.dataBytes.Add(dc.grow(a, e, uint32(cs)))
+		copy(dc.bytes(a, e), p[done:])
 		dc.cover = dc.cover.add(a, e)
 		dc.base = trimPieces(dc.base, a, e)
 		mu.Unlock()
@@ -135,21 +132,21 @@ func (f *FS) dirtyFor(b *batch, chain []*batch, id chunkID, full bool) (*dirtyCh
 	}
 	dc := &dirtyChunk{}
 	if !full {
-		odc, pieces, err := f.lookupChunk(chain, id)
+		odc, from, pieces, err := f.findChunk(chain, id)
 		if err != nil {
 			return nil, err
 		}
-		if odc != nil {
-			// Dirty in a sealed batch: copy its state (not a reference to
-			// frames it has not been given yet).
-			dc.base = slices.Clone(odc.base)
-			if odc.data != nil {
-				dc.data = slices.Clone(odc.data)
-				dc.cover = slices.Clone(odc.cover)
-				b.dataBytes.Add(int64(len(dc.data)))
-			}
-		} else {
+		switch {
+		case odc == nil:
 			dc.base = pieces
+		case from.enc.Load() != nil:
+			// Dirty in a sealed batch already encoded: its final pieces
+			// are known, so build on them rather than on its data.
+			dc.base = slices.Clone(from.enc.Load().chunks[id])
+		default:
+			// Still being encoded: copy its state.
+			dc = odc.clone()
+			b.dataBytes.Add(int64(len(dc.data)))
 		}
 	}
 	b.putChunk(id, dc)
@@ -159,19 +156,25 @@ func (f *FS) dirtyFor(b *batch, chain []*batch, id chunkID, full bool) (*dirtyCh
 // lookupChunk finds chunk id's newest state: a batch's dirty chunk, or the
 // pieces in pebble. Both nil means a hole.
 func (f *FS) lookupChunk(chain []*batch, id chunkID) (*dirtyChunk, []Piece, error) {
+	dc, _, pieces, err := f.findChunk(chain, id)
+	return dc, pieces, err
+}
+
+// findChunk is lookupChunk that also says which batch the dirty chunk is in.
+func (f *FS) findChunk(chain []*batch, id chunkID) (*dirtyChunk, *batch, []Piece, error) {
 	for i := len(chain) - 1; i >= 0; i-- {
 		if dc := chain[i].getChunk(id); dc != nil {
-			return dc, nil, nil
+			return dc, chain[i], nil, nil
 		}
 		if chain[i].tombCovers(id) {
-			return nil, nil, nil
+			return nil, nil, nil, nil
 		}
 	}
 	pieces, err := f.getPieces(f.db, chunkKey(id.ino, id.idx))
 	if err != nil {
-		return nil, nil, fmt.Errorf("chunk %d of inode %d: %w: %w", id.idx, id.ino, ErrIO, err)
+		return nil, nil, nil, fmt.Errorf("chunk %d of inode %d: %w: %w", id.idx, id.ino, ErrIO, err)
 	}
-	return nil, pieces, nil
+	return nil, nil, pieces, nil
 }
 
 // Punch deallocates [off, off+length) of regular file ino: it reads as zeros

@@ -600,11 +600,14 @@ func (l *Log) resolveTaken(ctx context.Context, h header, rec []byte, minEpoch u
 
 // Append starts writing a record and returns at once, unless MaxInFlight
 // records are already being written; then it waits for one to finish. build
-// receives the record's sequence number and returns its meta and data; it
-// runs before Append returns, so the caller can seal seq into the metadata.
-// Append calls must not race each other: records take sequence numbers in
-// call order.
-func (l *Log) Append(build func(seq uint64) (meta, data []byte)) (*Commit, error) {
+// receives the record's sequence number and returns the whole record object:
+// rec[:HeaderSize] is left for the WAL to fill in, rec[HeaderSize:][:metaLen]
+// is the caller's meta and the rest its data. (The caller lays out the record
+// itself so that its data is written once, straight into place.) build runs
+// before Append returns, so the caller can seal seq into the meta. Append
+// calls must not race each other: records take sequence numbers in call
+// order.
+func (l *Log) Append(build func(seq uint64) (rec []byte, metaLen int)) (*Commit, error) {
 	select {
 	case l.sem <- struct{}{}:
 	case <-l.ctx.Done():
@@ -634,9 +637,12 @@ func (l *Log) Append(build func(seq uint64) (meta, data []byte)) (*Commit, error
 	l.wg.Add(1) // under mu, so it never races Close's Wait
 	l.mu.Unlock()
 
-	meta, data := build(seq)
+	rec, metaLen := build(seq)
+	if metaLen < 0 || HeaderSize+metaLen > len(rec) {
+		panic(fmt.Sprintf("wal: Append: record of %d bytes with %d bytes of meta", len(rec), metaLen))
+	}
 	h := header{fsid: l.fsid, seq: seq, epoch: l.epoch, id: c.Pos.ID}
-	rec := encodeRecord(h, meta, data)
+	h.fill(rec, metaLen)
 	go func() {
 		defer l.wg.Done()
 		defer func() { <-l.sem }()

@@ -83,9 +83,16 @@ func replayAll(t *testing.T, st store.Store) []string {
 	return got
 }
 
+// record lays out a record the way Append wants it.
+func record(meta, data string) func(uint64) ([]byte, int) {
+	return func(uint64) ([]byte, int) {
+		return append(append(make([]byte, HeaderSize), meta...), data...), len(meta)
+	}
+}
+
 func appendMeta(t *testing.T, l *Log, meta string) *Commit {
 	t.Helper()
-	c, err := l.Append(func(uint64) ([]byte, []byte) { return []byte(meta), []byte("data:" + meta) })
+	c, err := l.Append(record(meta, "data:"+meta))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,14 +240,14 @@ func TestFencing(t *testing.T) {
 		t.Fatalf("b replayed %q", replayed)
 	}
 	// a is fenced: its next append fails, and so does its head update.
-	c, err := a.Append(func(uint64) ([]byte, []byte) { return []byte("a3"), nil })
+	c, err := a.Append(record("a3", ""))
 	if err == nil {
 		err = c.Wait(ctx)
 	}
 	if !errors.Is(err, ErrFenced) {
 		t.Fatalf("append by fenced writer: %v, want ErrFenced", err)
 	}
-	if _, err := a.Append(func(uint64) ([]byte, []byte) { return nil, nil }); !errors.Is(err, ErrFenced) {
+	if _, err := a.Append(record("", "")); !errors.Is(err, ErrFenced) {
 		t.Fatalf("second append by fenced writer: %v, want ErrFenced", err)
 	}
 	if err := a.SetBase(ctx, Position{}, ""); !errors.Is(err, ErrFenced) {
@@ -280,7 +287,7 @@ func TestFencingRace(t *testing.T) {
 				default:
 				}
 				meta := fmt.Sprintf("a%d", i)
-				c, err := a.Append(func(uint64) ([]byte, []byte) { return []byte(meta), nil })
+				c, err := a.Append(record(meta, ""))
 				if err != nil {
 					return
 				}

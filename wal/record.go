@@ -128,17 +128,24 @@ func decodeHeader(b []byte) (header, error) {
 	return h, nil
 }
 
-// encodeRecord lays out a whole record object.
+// encodeRecord lays out a whole record object from its parts.
 func encodeRecord(h header, meta, data []byte) []byte {
+	b := make([]byte, HeaderSize+len(meta)+len(data))
+	copy(b[HeaderSize:], meta)
+	copy(b[HeaderSize+len(meta):], data)
+	h.fill(b, len(meta))
+	return b
+}
+
+// fill completes h from a record laid out in rec (meta then data after the
+// header space) and writes it into rec[:HeaderSize].
+func (h *header) fill(rec []byte, metaLen int) {
+	meta, data := rec[HeaderSize:HeaderSize+metaLen], rec[HeaderSize+metaLen:]
 	h.metaLen = uint32(len(meta))
 	h.dataLen = uint64(len(data))
 	h.metaCRC = crc32.Checksum(meta, castagnoli)
 	h.dataCRC = crc32.Checksum(data, castagnoli)
-	b := make([]byte, HeaderSize+len(meta)+len(data))
-	h.encode(b)
-	copy(b[HeaderSize:], meta)
-	copy(b[HeaderSize+len(meta):], data)
-	return b
+	h.encode(rec[:HeaderSize])
 }
 
 // Record is one replayed record as handed to the Replay callback.
