@@ -5,7 +5,8 @@
 #   4 KiB random read and write at queue depth 1 and 32,
 #   1 MiB sequential read and write,
 #   4 KiB random write with a FLUSH after every write (--fsync=1).
-# zerofs runs in process on a file:// store in a temp dir (default settings).
+# zerofs runs in process on a file:// store in a temp dir (default settings,
+# but a memory cache that holds the whole export: reads measure cached reads).
 #
 #   ZEROFS_BENCH_RUNTIME  seconds per workload (default 5)
 #   ZEROFS_BENCH_SIZE     export size in MiB (default 512)

@@ -299,6 +299,7 @@ func (f *FS) applier() {
 				f.fail(err)
 				continue
 			}
+			b.frames = nil // cached now: let the record's memory go
 			f.viewMu.Lock()
 			if len(f.sealed) > 0 && f.sealed[0] == b {
 				f.sealed = f.sealed[1:]

@@ -73,3 +73,31 @@ func TestExtents(t *testing.T) {
 		t.Fatalf("after punch: %+v, %v", ext, err)
 	}
 }
+
+func TestReadSparseReportsHoles(t *testing.T) {
+	ctx := context.Background()
+	f := mustOpen(t, testOptions(t, store.NewMem(), t.TempDir()))
+	defer f.Close()
+	n := mustCreate(t, f, RootIno, "s", TypeRegular|0o644)
+	mustWrite(t, f, n.Ino, 5000, []byte("data"))            // chunk 1
+	mustWrite(t, f, n.Ino, 4096*3, make([]byte, 4096)[:10]) // zeros as data, not yet sealed
+	size := uint64(4096 * 6)
+	f.SetAttr(ctx, Root, n.Ino, SetAttrs{Size: &size})
+	p := make([]byte, size)
+	got, _, holes, err := f.ReadSparse(ctx, Root, n.Ino, 0, p)
+	if err != nil || got != int(size) {
+		t.Fatal(got, err)
+	}
+	want := []Extent{{0, 5000, true}, {5004, 4096*3 - 5004, true}, {4096*3 + 10, size - 4096*3 - 10, true}}
+	if len(holes) != len(want) {
+		t.Fatalf("holes %+v, want %+v", holes, want)
+	}
+	for i := range want {
+		if holes[i] != want[i] {
+			t.Fatalf("hole %d: %+v, want %+v", i, holes[i], want[i])
+		}
+	}
+	if string(p[5000:5004]) != "data" {
+		t.Fatal("data wrong")
+	}
+}

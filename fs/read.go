@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"zerofs/frame"
@@ -20,36 +21,56 @@ import (
 // pebble, whose frames come from the memory cache or one ranged GET each;
 // concurrent misses on one frame share the GET.
 func (f *FS) Read(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte) (int, bool, error) {
+	n, eof, _, err := f.read(ctx, c, ino, off, p, false)
+	return n, eof, err
+}
+
+// ReadSparse is Read that also reports where the holes are: ranges of the
+// bytes read (absolute offsets, in order) that read as zeros because nothing
+// was written there or they were punched. Finding them costs nothing extra:
+// holes are exactly what the read did not have to fetch. (Zeros written as
+// data are data until their batch is sealed, which turns them into holes.)
+func (f *FS) ReadSparse(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte) (int, bool, []Extent, error) {
+	return f.read(ctx, c, ino, off, p, true)
+}
+
+func (f *FS) read(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte, wantHoles bool) (int, bool, []Extent, error) {
 	chain := f.chain()
 	n, err := f.getInode(chain, ino)
 	if err != nil {
-		return 0, false, err
+		return 0, false, nil, err
 	}
 	if err := writable(&n); err != nil {
-		return 0, false, err
+		return 0, false, nil, err
 	}
 	if err := c.access(&n, accessRead); err != nil {
-		return 0, false, err
+		return 0, false, nil, err
 	}
 	if off >= n.Size {
-		return 0, true, nil
+		return 0, true, nil, nil
 	}
 	total := int(min(uint64(len(p)), n.Size-off))
-	if err := f.readRange(ctx, chain, ino, off, p[:total]); err != nil {
-		return 0, false, err
+	var holes []Extent
+	hp := &holes
+	if !wantHoles {
+		hp = nil
 	}
-	return total, off+uint64(total) >= n.Size, nil
+	if err := f.readRange(ctx, chain, ino, off, p[:total], hp); err != nil {
+		return 0, false, nil, err
+	}
+	return total, off+uint64(total) >= n.Size, holes, nil
 }
 
-// readRange fills p with the file's bytes at off, ignoring the file size.
-func (f *FS) readRange(ctx context.Context, chain []*batch, ino, off uint64, p []byte) error {
+// readRange fills p with the file's bytes at off, ignoring the file size. If
+// holes is not nil, the holes found are appended to it.
+func (f *FS) readRange(ctx context.Context, chain []*batch, ino, off uint64, p []byte, holes *[]Extent) error {
 	cs := uint64(f.chunkSize)
 	for done := 0; done < len(p); {
 		pos := off + uint64(done)
 		id := chunkID{ino, pos / cs}
 		a := uint32(pos % cs)
 		e := uint32(min(cs, uint64(a)+uint64(len(p)-done)))
-		if err := f.readChunk(ctx, chain, id, a, e, p[done:done+int(e-a)]); err != nil {
+		if err := f.readChunk(ctx, chain, id, a, e, p[done:done+int(e-a)], holes); err != nil {
 			return err
 		}
 		done += int(e - a)
@@ -58,9 +79,10 @@ func (f *FS) readRange(ctx context.Context, chain []*batch, ino, off uint64, p [
 }
 
 // readChunk fills dst with bytes [a, e) of chunk id.
-func (f *FS) readChunk(ctx context.Context, chain []*batch, id chunkID, a, e uint32, dst []byte) error {
+func (f *FS) readChunk(ctx context.Context, chain []*batch, id chunkID, a, e uint32, dst []byte, holes *[]Extent) error {
 	for attempt := 0; ; attempt++ {
-		clear(dst)
+		var filled [16]span // what was copied, to zero only the holes
+		got := filled[:0]
 		mu := f.chunkLock(id)
 		mu.Lock()
 		dc, pieces, err := f.lookupChunk(chain, id)
@@ -69,6 +91,7 @@ func (f *FS) readChunk(ctx context.Context, chain []*batch, id chunkID, a, e uin
 				lo, hi := max(s.a, a), min(s.b, e)
 				if lo < hi {
 					copy(dst[lo-a:hi-a], dc.bytes(lo, hi))
+					got = append(got, span{lo, hi})
 				}
 			}
 			pieces = dc.base
@@ -77,19 +100,52 @@ func (f *FS) readChunk(ctx context.Context, chain []*batch, id chunkID, a, e uin
 		if err != nil {
 			return err
 		}
-		err = f.fillPieces(ctx, id, pieces, a, e, dst)
+		got, err = f.fillPieces(ctx, id, pieces, a, e, dst, got)
 		if errors.Is(err, errObjectGone) && attempt < 3 {
 			// Garbage collection moved the frame and deleted its old
 			// object between our lookup and the GET: look again.
 			chain = f.chain()
 			continue
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		base := id.idx * uint64(f.chunkSize)
+		zeroGaps(dst, a, e, got, func(lo, hi uint32) {
+			if holes == nil {
+				return
+			}
+			if k := len(*holes) - 1; k >= 0 && (*holes)[k].Off+(*holes)[k].Len == base+uint64(lo) {
+				(*holes)[k].Len += uint64(hi - lo)
+				return
+			}
+			*holes = append(*holes, Extent{Off: base + uint64(lo), Len: uint64(hi - lo), Hole: true})
+		})
+		return nil
 	}
 }
 
-// fillPieces copies the parts of pieces that overlap [a, e) into dst.
-func (f *FS) fillPieces(ctx context.Context, id chunkID, pieces []Piece, a, e uint32, dst []byte) error {
+// zeroGaps clears the bytes of dst (chunk bytes [a, e)) outside the spans in
+// got, which are disjoint but not sorted, and calls hole for each gap.
+func zeroGaps(dst []byte, a, e uint32, got []span, hole func(lo, hi uint32)) {
+	slices.SortFunc(got, func(x, y span) int { return int(x.a) - int(y.a) })
+	at := a
+	for _, s := range got {
+		if s.a > at {
+			clear(dst[at-a : s.a-a])
+			hole(at, s.a)
+		}
+		at = max(at, s.b)
+	}
+	if at < e {
+		clear(dst[at-a : e-a])
+		hole(at, e)
+	}
+}
+
+// fillPieces copies the parts of pieces that overlap [a, e) into dst and
+// appends the spans it filled to got.
+func (f *FS) fillPieces(ctx context.Context, id chunkID, pieces []Piece, a, e uint32, dst []byte, got []span) ([]span, error) {
 	for _, p := range pieces {
 		lo, hi := max(p.Off, a), min(p.end(), e)
 		if lo >= hi {
@@ -97,12 +153,13 @@ func (f *FS) fillPieces(ctx context.Context, id chunkID, pieces []Piece, a, e ui
 		}
 		raw, err := f.frameData(ctx, p.Frame, id)
 		if err != nil {
-			return err
+			return got, err
 		}
 		src := p.Skip + (lo - p.Off)
 		copy(dst[lo-a:hi-a], raw[src:src+(hi-lo)])
+		got = append(got, span{lo, hi})
 	}
-	return nil
+	return got, nil
 }
 
 var errObjectGone = errors.New("data object not found")

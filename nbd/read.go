@@ -4,12 +4,6 @@ import (
 	"zerofs/fs"
 )
 
-// extentsThreshold: structured READs at least this long ask fs.Extents where
-// the holes are first, so large sparse reads skip reading (and allocating
-// for) holes. Shorter reads are read whole and zero-detected: one metadata
-// scan costs more than reading a few blocks.
-const extentsThreshold = 256 << 10
-
 // read answers NBD_CMD_READ. The data is read completely before the first
 // reply byte is queued, so an error is always reported cleanly (with simple
 // replies there is no way to report an error after the header).
@@ -30,18 +24,20 @@ func (c *conn) read(r request) *reqError {
 		}
 	}()
 	var segs []segment
-	if c.sess.structured && r.length >= extentsThreshold {
-		var err *reqError
-		if segs, err = c.readSparse(r, buf); err != nil {
-			return err
-		}
-	} else {
-		if err := c.readInto(r.off, buf); err != nil {
+	if c.sess.structured {
+		// The filesystem reports the holes it found while reading (they
+		// cost it nothing): they go out as hole chunks, not as zeros.
+		n, _, holes, err := c.s.f.ReadSparse(c.s.ctx, fs.Root, c.exp.ino, r.off, buf)
+		if err != nil {
 			return fsError(cmdRead, err, "read [%d, +%d)", r.off, r.length)
 		}
-		if c.sess.structured {
-			segs = splitZeros(r.off, buf)
+		if n < len(buf) { // the file shrank under this connection: zeros
+			clear(buf[n:])
+			holes = append(holes, fs.Extent{Off: r.off + uint64(n), Len: uint64(len(buf) - n), Hole: true})
 		}
+		segs = segmentsFromHoles(r.off, len(buf), holes)
+	} else if err := c.readInto(r.off, buf); err != nil {
+		return fsError(cmdRead, err, "read [%d, +%d)", r.off, r.length)
 	}
 	var parts [][]byte
 	switch {
@@ -72,78 +68,6 @@ func (c *conn) readInto(off uint64, p []byte) error {
 	}
 	clear(p[n:])
 	return nil
-}
-
-// readSparse fills the data parts of buf (holes are left unread) and returns
-// the segments for a structured reply. If the extent map cannot be had, it
-// falls back to reading everything.
-func (c *conn) readSparse(r request, buf []byte) ([]segment, *reqError) {
-	end := r.off + uint64(r.length)
-	var segs []segment
-	addHole := func(off, n uint64) {
-		if k := len(segs) - 1; k >= 0 && segs[k].hole {
-			segs[k].n += int(n)
-			return
-		}
-		segs = append(segs, segment{off: off, n: int(n), hole: true})
-	}
-	readData := func(off, n uint64) *reqError {
-		p := buf[off-r.off : off-r.off+n]
-		if err := c.readInto(off, p); err != nil {
-			return fsError(cmdRead, err, "read [%d, +%d)", off, n)
-		}
-		for _, s := range splitZeros(off, p) {
-			if s.hole {
-				addHole(s.off, uint64(s.n))
-			} else {
-				segs = append(segs, s)
-			}
-		}
-		return nil
-	}
-	for pos := r.off; pos < end; {
-		ext, err := c.s.f.Extents(c.s.ctx, c.exp.ino, pos, end-pos)
-		if err != nil || len(ext) == 0 || ext[0].Off != pos {
-			if err == nil && len(ext) == 0 {
-				// Past the file's current end: zeros.
-				addHole(pos, end-pos)
-				break
-			}
-			// No usable map: read the rest.
-			if rerr := readData(pos, end-pos); rerr != nil {
-				return nil, rerr
-			}
-			break
-		}
-		before := pos
-		for _, e := range ext {
-			if e.Off != pos || e.Off >= end {
-				break // not contiguous: ask again from pos
-			}
-			n := min(e.Len, end-e.Off)
-			if e.Hole {
-				addHole(pos, n)
-			} else if rerr := readData(pos, n); rerr != nil {
-				return nil, rerr
-			}
-			pos += n
-		}
-		if pos == before {
-			// No progress (never expected of fs.Extents): read the rest.
-			if rerr := readData(pos, end-pos); rerr != nil {
-				return nil, rerr
-			}
-			break
-		}
-	}
-	// Hole bytes were never read: make buf all zeros there, so that a
-	// DF reply that turns the segments back into one data chunk is right.
-	for _, s := range segs {
-		if s.hole {
-			clear(buf[s.off-r.off : s.off-r.off+uint64(s.n)])
-		}
-	}
-	return segs, nil
 }
 
 // structuredReadParts builds the chunks of a structured READ reply from

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"strings"
+
+	"zerofs/fs"
 )
 
 // Reply encoding: pure functions appending wire bytes.
@@ -117,33 +119,38 @@ type segment struct {
 	hole bool
 }
 
-// splitZeros splits data, read at export offset off, into data and hole
-// segments. Holes are runs of whole preferred-size blocks (aligned to the
-// export, as the spec's SHOULD about 512-byte multiples wants) that are all
-// zeros; everything else, including zero bytes at unaligned edges, is data.
-// The segments cover data exactly, in order, alternating.
-func splitZeros(off uint64, data []byte) []segment {
+// segmentsFromHoles splits n bytes read at export offset off into data and
+// hole segments, given the holes the filesystem reported (sorted, within the
+// range). Hole segments are whole preferred-size blocks, aligned to the
+// export (the spec's SHOULD about 512-byte multiples); the zero bytes at a
+// hole's unaligned edges go out as data. The segments cover the range
+// exactly, in order, alternating.
+func segmentsFromHoles(off uint64, n int, holes []fs.Extent) []segment {
 	var segs []segment
-	add := func(at uint64, n int, hole bool) {
-		if n == 0 {
+	add := func(at, end uint64, hole bool) {
+		if at >= end {
 			return
 		}
 		if k := len(segs) - 1; k >= 0 && segs[k].hole == hole {
-			segs[k].n += n
+			segs[k].n += int(end - at)
 			return
 		}
-		segs = append(segs, segment{off: at, n: n, hole: hole})
+		segs = append(segs, segment{off: at, n: int(end - at), hole: hole})
 	}
-	pos := 0
-	for pos < len(data) {
-		at := off + uint64(pos)
-		next := int(preferredBlockSize - at%preferredBlockSize) // to the next aligned boundary
-		if next > len(data)-pos {
-			next = len(data) - pos
+	end := off + uint64(n)
+	pos := off
+	for _, h := range holes {
+		lo := max(h.Off, pos)
+		hi := min(h.Off+h.Len, end)
+		lo = (lo + preferredBlockSize - 1) / preferredBlockSize * preferredBlockSize
+		hi = hi / preferredBlockSize * preferredBlockSize
+		if lo >= hi {
+			continue
 		}
-		whole := at%preferredBlockSize == 0 && next == preferredBlockSize
-		add(at, next, whole && isZero(data[pos:pos+next]))
-		pos += next
+		add(pos, lo, false)
+		add(lo, hi, true)
+		pos = hi
 	}
+	add(pos, end, false)
 	return segs
 }

@@ -281,39 +281,30 @@ func TestErrnoFor(t *testing.T) {
 	}
 }
 
-func TestSplitZeros(t *testing.T) {
-	blk := preferredBlockSize
-	data := func(spec ...int) []byte { // alternating zero/non-zero lengths, starting with non-zero
-		var b []byte
-		for i, n := range spec {
-			v := byte(0)
-			if i%2 == 0 {
-				v = 1
-			}
-			b = append(b, bytes.Repeat([]byte{v}, n)...)
-		}
-		return b
-	}
+func TestSegmentsFromHoles(t *testing.T) {
+	blk := uint64(preferredBlockSize)
 	type seg struct {
 		n    int
 		hole bool
 	}
+	hole := func(off, n uint64) fs.Extent { return fs.Extent{Off: off, Len: n, Hole: true} }
 	for _, tc := range []struct {
-		name string
-		off  uint64
-		b    []byte
-		want []seg
+		name  string
+		off   uint64
+		n     int
+		holes []fs.Extent
+		want  []seg
 	}{
-		{"all data", 0, data(3 * blk), []seg{{3 * blk, false}}},
-		{"all zero", 0, make([]byte, 3*blk), []seg{{3 * blk, true}}},
-		{"data hole data", 0, data(blk, 2*blk, blk), []seg{{blk, false}, {2 * blk, true}, {blk, false}}},
-		{"unaligned zero head is data", 100, make([]byte, 2*blk), []seg{{blk - 100, false}, {blk, true}, {100, false}}},
-		{"partial zero block is data", 0, data(10, blk-10), []seg{{blk, false}}},
-		{"short zero read", 0, make([]byte, 100), []seg{{100, false}}},
-		{"empty", 0, nil, nil},
+		{"all data", 0, 3 * int(blk), nil, []seg{{3 * int(blk), false}}},
+		{"all hole", 0, 3 * int(blk), []fs.Extent{hole(0, 3*blk)}, []seg{{3 * int(blk), true}}},
+		{"data hole data", 0, 4 * int(blk), []fs.Extent{hole(blk, 2*blk)}, []seg{{int(blk), false}, {2 * int(blk), true}, {int(blk), false}}},
+		{"unaligned hole edges are data", 100, 2 * int(blk), []fs.Extent{hole(100, 2*blk)}, []seg{{int(blk) - 100, false}, {int(blk), true}, {100, false}}},
+		{"hole shorter than a block is data", 0, int(blk), []fs.Extent{hole(10, blk-10)}, []seg{{int(blk), false}}},
+		{"two holes merge across nothing", 0, 2 * int(blk), []fs.Extent{hole(0, blk), hole(blk, blk)}, []seg{{2 * int(blk), true}}},
+		{"empty", 0, 0, nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			segs := splitZeros(tc.off, tc.b)
+			segs := segmentsFromHoles(tc.off, tc.n, tc.holes)
 			var got []seg
 			pos := tc.off
 			for _, s := range segs {
