@@ -483,6 +483,7 @@ type Stats struct {
 	FrameBytes    atomic.Int64
 	StoreGets     atomic.Int64
 	StoreGetBytes atomic.Int64
+	StoreErrors   atomic.Int64 // data reads that failed (other than a moved object)
 	CorruptFrames atomic.Int64
 	GCDeleted     atomic.Int64
 	GCPacked      atomic.Int64

@@ -26,6 +26,8 @@ type Status struct {
 	FlushRecords  int64 `json:"flush_records"`
 	StoreGets     int64 `json:"store_gets"`
 	StoreGetBytes int64 `json:"store_get_bytes"`
+	// StoreErrors: failed data reads plus failed (retried) WAL appends.
+	StoreErrors   int64 `json:"store_errors"`
 	CorruptFrames int64 `json:"corrupt_frames"`
 	GCDeleted     int64 `json:"gc_deleted"`
 	GCPacked      int64 `json:"gc_packed"`
@@ -44,7 +46,8 @@ func (f *FS) Status() Status {
 		WALLastSeq: last, CheckpointSeq: base, ChunkSize: int(f.chunkSize),
 		FlushRecords: f.stats.FlushRecords.Load(), StoreGets: f.stats.StoreGets.Load(),
 		StoreGetBytes: f.stats.StoreGetBytes.Load(), CorruptFrames: f.stats.CorruptFrames.Load(),
-		GCDeleted: f.stats.GCDeleted.Load(), GCPacked: f.stats.GCPacked.Load(),
+		StoreErrors: f.stats.StoreErrors.Load() + f.wal.Retries(),
+		GCDeleted:   f.stats.GCDeleted.Load(), GCPacked: f.stats.GCPacked.Load(),
 	}
 	if last > base {
 		s.WALDepth = last - base

@@ -24,6 +24,7 @@ var (
 	descCacheBytes = prometheus.NewDesc("zerofs_cache_bytes", "Bytes held by each cache tier.", []string{"tier"}, nil)
 	descCacheCap   = prometheus.NewDesc("zerofs_cache_capacity_bytes", "Capacity of each cache tier.", []string{"tier"}, nil)
 	descStoreGets  = prometheus.NewDesc("zerofs_data_reads_total", "Data frames read from the object store (cache misses).", nil, nil)
+	descStoreErr   = prometheus.NewDesc("zerofs_store_errors_total", "Failed data reads and retried WAL appends.", nil, nil)
 	descCorrupt    = prometheus.NewDesc("zerofs_corrupt_frames_total", "Data frames that failed authentication or decoding (reads of them fail with EIO).", nil, nil)
 	descGCDeleted  = prometheus.NewDesc("zerofs_gc_deleted_objects_total", "Data objects deleted by garbage collection.", nil, nil)
 	descGCPacked   = prometheus.NewDesc("zerofs_gc_packed_objects_total", "Data objects whose live data garbage collection moved.", nil, nil)
@@ -32,7 +33,7 @@ var (
 func (c *fsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descEpoch, descWritable, descDirty, descOpenBatch, descSealed, descWALDepth,
 		descWALRecords, descWALBytes, descCommit, descCacheHits, descCacheMiss, descCacheBytes, descCacheCap,
-		descStoreGets, descCorrupt, descGCDeleted, descGCPacked} {
+		descStoreGets, descStoreErr, descCorrupt, descGCDeleted, descGCPacked} {
 		ch <- d
 	}
 }
@@ -80,6 +81,7 @@ func (c *fsCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descCacheCap, float64(s.DiskCache.Capacity), "disk")
 	}
 	counter(descStoreGets, float64(s.StoreGets))
+	counter(descStoreErr, float64(s.StoreErrors))
 	counter(descCorrupt, float64(s.CorruptFrames))
 	counter(descGCDeleted, float64(s.GCDeleted))
 	counter(descGCPacked, float64(s.GCPacked))

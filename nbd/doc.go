@@ -62,9 +62,9 @@
 // Replies: successful non-READ replies are simple even with structured
 // replies; errors are NBD_REPLY_TYPE_ERROR chunks with a message when
 // structured replies were negotiated. Structured READs send OFFSET_HOLE for
-// runs of aligned all-zero 4 KiB blocks and for holes found with fs.Extents
-// (reads of 256 KiB and more), OFFSET_DATA otherwise, the last chunk
-// flagged DONE; with DF one chunk. BLOCK_STATUS reports holes as
+// the holes fs.ReadSparse reports while reading (whole aligned 4 KiB blocks;
+// the zero edges of a hole go out as data), OFFSET_DATA otherwise, the last
+// chunk flagged DONE; with DF one chunk. BLOCK_STATUS reports holes as
 // HOLE|ZERO and data as 0, and may describe a prefix of the range.
 //
 // Errors from package fs map as errors.go describes: EIO→EIO,

@@ -30,6 +30,7 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"zerofs/store"
@@ -99,7 +100,13 @@ type Log struct {
 	last     Position  // last record known durable, in order
 	failed   error     // sticky: ErrFenced or ErrClosed
 	closing  bool      // Close has begun: no new writer goroutines
+
+	retries atomic.Int64 // failed append attempts that were retried
 }
+
+// Retries counts append attempts that failed with a store error and were
+// retried (a slow or failing store shows here before anything else).
+func (l *Log) Retries() int64 { return l.retries.Load() }
 
 // Commit is one appended record on its way to the store.
 type Commit struct {
@@ -533,6 +540,7 @@ func (l *Log) writeRecord(ctx context.Context, h header, rec []byte, minEpoch ui
 		if l.ctx.Err() != nil {
 			return ErrClosed
 		}
+		l.retries.Add(1)
 		if firstFailure.IsZero() {
 			firstFailure = time.Now()
 		}

@@ -102,6 +102,7 @@ func cmdStatus(args []string) error {
 		fmt.Fprintf(w, "memory cache\t%d of %d bytes, %d hits, %d misses\n", s.Cache.Bytes, s.Cache.Capacity, s.Cache.Hits, s.Cache.Misses)
 	}
 	fmt.Fprintf(w, "store reads\t%d requests, %d bytes\n", s.StoreGets, s.StoreGetBytes)
+	fmt.Fprintf(w, "store errors\t%d (failed reads and retried WAL appends)\n", s.StoreErrors)
 	fmt.Fprintf(w, "corrupt frames\t%d\n", s.CorruptFrames)
 	fmt.Fprintf(w, "gc\t%d objects deleted, %d packed\n", s.GCDeleted, s.GCPacked)
 	return w.Flush()
