@@ -41,8 +41,14 @@ fuzz-quick:
 fuzz:
 	FUZZTIME=$${FUZZTIME:-60s} ./scripts/fuzz.sh
 
+# Benchmarks, each against a baseline in the same run (docs/benchmarks.md):
+# flush vs a bare PUT/fsync, the engine alone, NBD vs nbdkit memory (fio),
+# NFS vs nfs-ganesha (set NFS_BENCH_NO_GANESHA=1 where ganesha cannot run).
 bench: test-deps
 	$(GO) test -run '^$$' -bench 'BenchmarkFlush' -benchtime 500x ./fs
+	$(GO) test -run '^$$' -bench 'BenchmarkEngine' -benchtime 3s ./fs
+	./bench/nbd.sh
+	./bench/nfs.sh
 
 # Longer randomized crash-recovery runs with fresh seeds (not part of make test).
 soak:
