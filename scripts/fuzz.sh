@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 FUZZTIME=${FUZZTIME:-5s}
 status=0
 while IFS=: read -r file _ line; do
-  pkg="./$(dirname "$file")"
+  pkg="./$(dirname "${file#./}")"
   name=$(sed -E 's/^func (Fuzz[A-Za-z0-9_]*)\(.*/\1/' <<<"$line")
   echo "fuzz $pkg $name ($FUZZTIME)"
   if ! go test "$pkg" -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" >/tmp/zerofs-fuzz.log 2>&1; then
