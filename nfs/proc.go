@@ -140,6 +140,9 @@ func init() {
 	}
 }
 
+// errDuplicate: a retransmission of a request still being served (see drc.go).
+var errDuplicate = errors.New("duplicate of a request in progress")
+
 // dispatch serves one RPC record and returns the reply (nil: none) and what
 // Options.Observe reports. The reply's first four bytes are left for the
 // record mark.
@@ -179,6 +182,17 @@ func (s *Server) dispatch(ctx context.Context, remote netip.Addr, rec []byte) (r
 	}
 	p := &prog.procs[h.proc]
 	name = p.name
+	if h.prog == progNFS && nonIdempotent[h.proc] {
+		k := drcKeyOf(remote, &h, args)
+		if cached, dup := s.drc.begin(k); dup || cached != nil {
+			putBuf(w.b)
+			if dup {
+				return nil, name, errDuplicate // the original's reply is coming
+			}
+			return cached, name, nil
+		}
+		defer func() { s.drc.finish(k, reply) }()
+	}
 	startAccepted(w, h.xid, acceptSuccess)
 	c := &call{remote: remote, xid: h.xid, cred: cred, args: args, w: w}
 	err = s.run(ctx, p, c)

@@ -45,6 +45,7 @@ type Server struct {
 	log     *slog.Logger
 	fsid    uint64
 	allowed []netip.Prefix
+	drc     *drc // replies of recent non-idempotent requests
 
 	// ctx is the context of every request; it is canceled when Shutdown
 	// gives up waiting, so requests blocked in fs (a flush during a store
@@ -73,6 +74,7 @@ func NewServer(f *fs.FS, opts Options) *Server {
 		fs: f, opts: opts, log: opts.Logger,
 		fsid:      fsidOf(f.FSID()),
 		allowed:   opts.AllowedNetworks,
+		drc:       newDRC(),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 	}
