@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -174,6 +175,8 @@ func (f *FS) applyPunch(pb *pebble.Batch, r chunkRange, acct map[ObjRef]int64) e
 	if err != nil {
 		return err
 	}
+	var n int
+	started := time.Now()
 	for ok := it.First(); ok; ok = it.Next() {
 		pieces, err := decodePieces(it.Value(), f.chunkSize)
 		if err != nil {
@@ -182,6 +185,10 @@ func (f *FS) applyPunch(pb *pebble.Batch, r chunkRange, acct map[ObjRef]int64) e
 		}
 		for _, p := range pieces {
 			acct[p.Frame.Obj] -= int64(p.Len)
+		}
+		if n++; n%(1<<20) == 0 {
+			f.log.Info("releasing a large trimmed or removed range", "inode", r.ino, "chunks", n,
+				"elapsed", time.Since(started).Round(time.Millisecond))
 		}
 	}
 	if err := it.Close(); err != nil {

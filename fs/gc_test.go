@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"testing"
 
@@ -134,5 +135,50 @@ func TestGCDeletesUnlinkedFiles(t *testing.T) {
 	t.Logf("empty %d bytes, after remove and GC %d bytes in %d objects", empty, after, objects)
 	if after > empty+256<<10 {
 		t.Fatalf("after removing the file and GC the bucket holds %d bytes (empty: %d)", after, empty)
+	}
+}
+
+// TestHugeTrimAndUnlink: punching and removing a 2 TiB file costs what its
+// written chunks cost, not what its size would (a range deletion, and live
+// bytes recomputed from the entries that exist). A linear cost in the size
+// (32 million chunks) would not finish within the test's timeout.
+func TestHugeTrimAndUnlink(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMem()
+	f := mustOpen(t, testOptions(t, st, t.TempDir()))
+	defer f.Close()
+	for _, remove := range []bool{false, true} {
+		name := fmt.Sprint("dev", remove)
+		n := mustCreate(t, f, RootIno, name, TypeRegular|0o644)
+		size := uint64(2 << 40)
+		if _, _, err := f.SetAttr(ctx, Root, n.Ino, SetAttrs{Size: &size}); err != nil {
+			t.Fatal(err)
+		}
+		p := bytes.Repeat([]byte{9}, 64<<10)
+		for _, off := range []uint64{0, 1 << 30, 1 << 40, size - 64<<10} {
+			mustWrite(t, f, n.Ino, off, p)
+		}
+		if err := f.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if remove {
+			if _, err := f.Remove(ctx, Root, RootIno, name); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := f.Punch(ctx, Root, n.Ino, 0, size); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Compact(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if !remove {
+			ext, err := f.Extents(ctx, n.Ino, 0, size)
+			if err != nil || len(ext) != 1 || !ext[0].Hole || ext[0].Len != size {
+				t.Fatalf("after punching the whole device: %+v, %v", ext, err)
+			}
+		}
+	}
+	if stored, _ := storedBytes(t, st); stored > 256<<10 {
+		t.Fatalf("after trimming and removing, %d bytes remain stored", stored)
 	}
 }

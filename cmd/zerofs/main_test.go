@@ -76,13 +76,23 @@ type server struct {
 // ports changed, in a fresh working directory.
 func startServer(t *testing.T, bin, template string) *server {
 	t.Helper()
-	dir := t.TempDir()
-	s := &server{dir: dir, logs: &strings.Builder{}, mu: &sync.Mutex{}, ready: make(chan struct{})}
+	s := newServer(t)
 	s.nbd = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	s.nfs = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	s.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	cfg := strings.NewReplacer(`"127.0.0.1:10809"`, `"`+s.nbd+`"`, `"127.0.0.1:2049"`, `"`+s.nfs+`"`,
 		`"127.0.0.1:7311"`, `"`+s.admin+`"`, "disk_size_gb = 1.0", "disk_size_gb = 0.05").Replace(template)
+	return s.start(t, bin, cfg)
+}
+
+func newServer(t *testing.T) *server {
+	return &server{dir: t.TempDir(), logs: &strings.Builder{}, mu: &sync.Mutex{}, ready: make(chan struct{})}
+}
+
+// start writes cfg as zerofs.toml in the server's directory and runs it.
+func (s *server) start(t *testing.T, bin, cfg string) *server {
+	t.Helper()
+	dir := s.dir
 	if err := os.WriteFile(filepath.Join(dir, "zerofs.toml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +182,24 @@ func TestInitOutputRuns(t *testing.T) {
 	if _, err := config.Parse("init-output.toml", []byte(out)); err != nil {
 		t.Fatalf("init output does not parse: %v", err)
 	}
-	s := startServer(t, bin, out)
+	// Unchanged, when nothing else holds the default ports.
+	free := true
+	for _, a := range []string{"127.0.0.1:10809", "127.0.0.1:2049", "127.0.0.1:7311"} {
+		if ln, err := net.Listen("tcp", a); err != nil {
+			free = false
+		} else {
+			ln.Close()
+		}
+	}
+	var s *server
+	if free {
+		s = newServer(t)
+		s.nbd, s.nfs, s.admin = "127.0.0.1:10809", "127.0.0.1:2049", "127.0.0.1:7311"
+		s.start(t, bin, out)
+	} else {
+		t.Log("a default port is taken on this machine: running the init output with other ports")
+		s = startServer(t, bin, out)
+	}
 	s.stop(t)
 
 	// init FILE writes the file and refuses to overwrite it.
@@ -250,32 +277,13 @@ func TestRunServesAndManagesDevices(t *testing.T) {
 	s.stop(t)
 
 	// Restart on the same directory: the device and its data are there.
-	s2 := &server{}
-	*s2 = *s
-	cmd := exec.Command(bin, "run", "-c", "zerofs.toml")
-	cmd.Dir = s.dir
-	s2.cmd, s2.logs, s2.mu, s2.ready = cmd, &strings.Builder{}, &sync.Mutex{}, make(chan struct{})
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
+	cfg, err := os.ReadFile(filepath.Join(s.dir, "zerofs.toml"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			s2.mu.Lock()
-			s2.logs.WriteString(sc.Text() + "\n")
-			s2.mu.Unlock()
-			if strings.Contains(sc.Text(), "zerofs is ready") {
-				close(s2.ready)
-			}
-		}
-	}()
-	select {
-	case <-s2.ready:
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		t.Fatalf("restart not ready:\n%s", s2.log())
-	}
+	s2 := newServer(t)
+	s2.dir, s2.nbd, s2.nfs, s2.admin = s.dir, s.nbd, s.nfs, s.admin
+	s2.start(t, bin, string(cfg))
 	qout, err = exec.Command("qemu-io", "-f", "raw", "-c", "read -P 0x5a 4096 1M", uri).CombinedOutput()
 	if err != nil || strings.Contains(string(qout), "failed") {
 		t.Fatalf("data after restart: %v\n%s", err, qout)
