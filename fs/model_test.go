@@ -432,6 +432,9 @@ func runModel(t *testing.T, seed uint64, nops int) {
 	opts := testOptions(t, st, dir)
 	opts.BatchAge = 5 * time.Millisecond // background seals at arbitrary points
 	opts.BatchBytes = 64 << 10
+	if seed%2 == 1 {
+		opts.DiskCacheBytes = 1 << 20 // half the seeds read through a (small, evicting) disk cache
+	}
 	f := mustOpen(t, opts)
 	defer func() { f.crash() }()
 
