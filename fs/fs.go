@@ -348,9 +348,11 @@ func (f *FS) fail(err error) {
 var errClosed = errors.New("filesystem closed")
 
 // Flush makes every change that completed before it durable (DESIGN.md rule
-// 1): it seals the open batch if it holds anything and waits until its WAL
-// record and all before it are in the store. Concurrent flushes share one
-// WAL append (group commit), and writes go on into the next batch meanwhile.
+// 1): it asks the sealer to seal the open batch, if it holds anything, and
+// waits until that batch's WAL record and all before it are in the store.
+// The sealer rotates only when the WAL has room for another record, so
+// flushes arriving while appends are in flight share the next one (group
+// commit); writes go on into the open batch meanwhile.
 func (f *FS) Flush(ctx context.Context) error {
 	if err := f.Err(); err != nil {
 		return f.writeErr(err)
