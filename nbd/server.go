@@ -2,15 +2,13 @@ package nbd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"zerofs/fs"
+	"zerofs/internal/netserve"
 )
 
 // Options configures a Server. The zero value is usable.
@@ -68,11 +66,7 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu        sync.Mutex
-	closing   atomic.Bool
-	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	connWG    sync.WaitGroup
+	group netserve.Group // listeners, connections, shutdown
 }
 
 // NewServer returns a server for f's exports (see ExportDir).
@@ -82,110 +76,35 @@ func NewServer(f *fs.FS, opts Options) *Server {
 	return &Server{
 		f: f, opts: opts, log: opts.Logger, exports: fsExports{f},
 		ctx: ctx, cancel: cancel,
-		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[*conn]struct{}),
+		group: netserve.Group{Name: "nbd", Log: opts.Logger},
 	}
 }
 
 // Serve accepts connections on ln until Shutdown, then returns nil. It may be
-// called for several listeners at once. Other accept errors are returned
-// after closing ln, except transient ones (e.g. out of file descriptors),
-// which are retried with a backoff.
+// called for several listeners at once. Transient accept errors (e.g. out of
+// file descriptors) are retried with a backoff; others are returned.
 func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.closing.Load() {
-		s.mu.Unlock()
-		ln.Close()
-		return nil
+	err := s.group.Serve(ln, func(nc net.Conn) netserve.Conn { return newConn(s, nc) })
+	if err != nil {
+		return fmt.Errorf("nbd: accept on %s: %w", ln.Addr(), err)
 	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-		ln.Close()
-	}()
-	var backoff time.Duration
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			if s.closing.Load() {
-				return nil
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("nbd: accept on %s: %w", ln.Addr(), err)
-			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Warn("nbd: accept failed; retrying", "addr", ln.Addr().String(), "err", err, "backoff", backoff)
-			time.Sleep(backoff)
-			continue
-		}
-		backoff = 0
-		c := newConn(s, nc)
-		s.mu.Lock()
-		if s.closing.Load() {
-			s.mu.Unlock()
-			nc.Close()
-			return nil
-		}
-		s.conns[c] = struct{}{}
-		s.connWG.Add(1)
-		s.mu.Unlock()
-		go func() {
-			defer s.connWG.Done()
-			defer func() {
-				s.mu.Lock()
-				delete(s.conns, c)
-				s.mu.Unlock()
-			}()
-			c.serve()
-		}()
-	}
+	return nil
 }
 
 // Shutdown stops accepting connections, lets requests already read finish
 // and their replies go out, then closes every connection (connections still
-// negotiating are closed at once). If ctx ends first, remaining connections
-// are closed, filesystem calls in flight are cancelled, and ctx's error is
+// negotiating are closed at once). If ctx ends first, filesystem calls in
+// flight are cancelled, remaining connections closed, and ctx's error is
 // returned at once (requests stuck inside the filesystem end when it is
 // closed). Shutdown does not flush or close the filesystem: the caller
 // closes it afterwards, which flushes.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing.Store(true)
-	for ln := range s.listeners {
-		ln.Close()
+	err := s.group.Shutdown(ctx, s.cancel)
+	s.cancel()
+	if err != nil {
+		return fmt.Errorf("nbd: shutdown: %w", err)
 	}
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
-		c.interrupt()
-	}
-	done := make(chan struct{})
-	go func() {
-		s.connWG.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		s.cancel()
-		return nil
-	case <-ctx.Done():
-		s.cancel()
-		s.mu.Lock()
-		for c := range s.conns {
-			c.nc.Close()
-		}
-		s.mu.Unlock()
-		// Requests blocked inside the filesystem (e.g. back-pressure while
-		// the store is unreachable) end when the caller closes it; do not
-		// wait for them here.
-		return fmt.Errorf("nbd: shutdown: %w", ctx.Err())
-	}
+	return nil
 }
 
 func (s *Server) observe(cmd string, n int, d time.Duration, err error) {

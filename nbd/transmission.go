@@ -93,9 +93,9 @@ func (c *conn) setDeadline(t time.Time) {
 	c.nc.SetDeadline(t)
 }
 
-// interrupt makes the reader stop (Shutdown): requests already read finish
-// and their replies are sent.
-func (c *conn) interrupt() {
+// StopReading makes the connection read no new request (Shutdown): the
+// requests already read are answered.
+func (c *conn) StopReading() {
 	c.mu.Lock()
 	c.interrupted = true
 	c.nc.SetReadDeadline(aLongTimeAgo)
@@ -125,11 +125,15 @@ func (c *conn) recoverBug(where string) {
 }
 
 // serve runs the connection to its end.
-func (c *conn) serve() {
+// Close closes the connection at once (Shutdown gave up waiting).
+func (c *conn) Close() { c.nc.Close() }
+
+// Serve runs the connection: negotiation, then transmission.
+func (c *conn) Serve() {
 	defer c.nc.Close()
 	defer c.recoverBug("negotiation")
 	c.setDeadline(time.Now().Add(c.s.opts.HandshakeTimeout))
-	n, err := negotiate(c.s.ctx, c.br, c.bw, c.s.exports, c.s.closing.Load, c.log)
+	n, err := negotiate(c.s.ctx, c.br, c.bw, c.s.exports, c.s.group.Closing, c.log)
 	if err != nil {
 		switch {
 		case errors.Is(err, errAbort), errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), c.wasInterrupted():

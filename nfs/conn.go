@@ -55,16 +55,20 @@ func newConn(s *Server, nc net.Conn, remote netip.AddrPort) *conn {
 	}
 }
 
-// stopReading makes the reader stop at the next record boundary (or now,
+// StopReading makes the reader stop at the next record boundary (or now,
 // if it is waiting for one); requests already read are still answered.
-func (c *conn) stopReading() {
+func (c *conn) StopReading() {
 	c.closing.Store(true)
 	c.nc.SetReadDeadline(time.Now())
 }
 
 var errRecordTooLarge = errors.New("RPC record exceeds the size limit")
 
-func (c *conn) serve() {
+// Close closes the connection at once (Shutdown gave up waiting).
+func (c *conn) Close() { c.nc.Close() }
+
+// Serve reads the connection's requests and serves them until it ends.
+func (c *conn) Serve() {
 	log := c.s.log.With("remote", c.remote.String())
 	for i := 0; i < c.s.opts.Workers; i++ {
 		c.workers.Add(1)
@@ -80,7 +84,6 @@ func (c *conn) serve() {
 		close(c.jobs)
 		c.workers.Wait()
 		c.nc.Close()
-		c.s.forget(c)
 	}()
 
 	br := bufio.NewReaderSize(c.nc, 64<<10)

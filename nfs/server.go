@@ -4,15 +4,13 @@ package nfs
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
-	"sync"
-	"syscall"
 	"time"
 
 	"zerofs/fs"
+	"zerofs/internal/netserve"
 )
 
 // Options configures a Server.
@@ -53,11 +51,7 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu        sync.Mutex
-	closing   bool
-	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	connWG    sync.WaitGroup
+	group netserve.Group // listeners, connections, shutdown
 
 	mounts mountTable
 }
@@ -72,11 +66,10 @@ func NewServer(f *fs.FS, opts Options) *Server {
 	}
 	s := &Server{
 		fs: f, opts: opts, log: opts.Logger,
-		fsid:      fsidOf(f.FSID()),
-		allowed:   opts.AllowedNetworks,
-		drc:       newDRC(),
-		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[*conn]struct{}),
+		fsid:    fsidOf(f.FSID()),
+		allowed: opts.AllowedNetworks,
+		drc:     newDRC(),
+		group:   netserve.Group{Name: "nfs", Log: opts.Logger},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
@@ -109,71 +102,20 @@ func (s *Server) allowedNames() []string {
 }
 
 // Serve accepts connections on ln until Shutdown (then it returns nil) or
-// until ln fails. It may be called for several listeners.
+// until ln fails. It may be called for several listeners. Clients outside
+// the allowed networks are refused at accept.
 func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		ln.Close()
-		return nil
-	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-		ln.Close()
-	}()
 	s.log.Info("nfs: serving NFSv3 and MOUNT v3", "addr", ln.Addr().String(), "allowed", s.allowedNames())
-
-	var delay time.Duration
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			if s.isClosing() {
-				return nil
-			}
-			if transientAcceptError(err) {
-				// Out of file descriptors and the like: back off instead
-				// of spinning, and keep serving the connections we have.
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.log.Warn("nfs: accept failed; retrying", "err", err, "delay", delay)
-				time.Sleep(delay)
-				continue
-			}
-			return err
-		}
-		delay = 0
+	return s.group.Serve(ln, func(nc net.Conn) netserve.Conn {
 		remote := addrOf(nc.RemoteAddr())
 		if !s.allowedAddr(remote.Addr()) {
 			s.log.Warn("nfs: refused connection from a network not in allowed_networks",
 				"remote", remote.String(), "allowed", s.allowedNames())
 			nc.Close()
-			continue
-		}
-		c := newConn(s, nc, remote)
-		s.mu.Lock()
-		if s.closing {
-			s.mu.Unlock()
-			nc.Close()
 			return nil
 		}
-		s.conns[c] = struct{}{}
-		s.connWG.Add(1)
-		s.mu.Unlock()
-		go c.serve()
-	}
-}
-
-func transientAcceptError(err error) bool {
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return true
-	}
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM) ||
-		errors.Is(err, syscall.ECONNABORTED)
+		return newConn(s, nc, remote)
+	})
 }
 
 func addrOf(a net.Addr) netip.AddrPort {
@@ -184,56 +126,17 @@ func addrOf(a net.Addr) netip.AddrPort {
 	return ap
 }
 
-func (s *Server) isClosing() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
-}
-
-func (s *Server) forget(c *conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-	s.connWG.Done()
-}
-
 // Shutdown stops accepting connections, stops reading new requests, and
 // waits for the requests in progress to be answered. If ctx ends first, it
 // cancels those requests, closes every connection and returns ctx's error
-// without waiting further.
+// without waiting further: a request stuck in fs where it cannot see the
+// canceled context (a write waiting for memory during a store outage)
+// finishes, or fails, when the caller closes the filesystem.
 // Serve returns nil after Shutdown. The filesystem is not closed.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing = true
-	for ln := range s.listeners {
-		ln.Close()
-	}
-	for c := range s.conns {
-		c.stopReading()
-	}
-	s.mu.Unlock()
-
-	done := make(chan struct{})
-	go func() {
-		s.connWG.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		s.cancel()
-		return nil
-	case <-ctx.Done():
-	}
+	err := s.group.Shutdown(ctx, s.cancel)
 	s.cancel()
-	s.mu.Lock()
-	for c := range s.conns {
-		c.nc.Close()
-	}
-	s.mu.Unlock()
-	// Not waiting for done: a request stuck in fs where it cannot see the
-	// canceled context (a write waiting for memory during a store outage)
-	// finishes, or fails, when the caller closes the filesystem.
-	return ctx.Err()
+	return err
 }
 
 // observe reports one request to Options.Observe.
