@@ -206,12 +206,3 @@ func (s spans) remove(a, b uint32) spans {
 	}
 	return out
 }
-
-func (s spans) covers(a, b uint32) bool {
-	for _, x := range s {
-		if x.a <= a && b <= x.b {
-			return true
-		}
-	}
-	return false
-}

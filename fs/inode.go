@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
-	"time"
 )
 
 // File types, the S_IFMT bits of Mode.
@@ -56,12 +55,11 @@ type Inode struct {
 	Gen uint64
 }
 
-func (n *Inode) Type() uint32      { return n.Mode & TypeMask }
-func (n *Inode) IsDir() bool       { return n.Type() == TypeDir }
-func (n *Inode) IsReg() bool       { return n.Type() == TypeRegular }
-func (n *Inode) IsLink() bool      { return n.Type() == TypeSymlink }
-func (n *Inode) Perm() uint32      { return n.Mode &^ TypeMask }
-func (n *Inode) MtimeT() time.Time { return time.Unix(0, n.Mtime) }
+func (n *Inode) Type() uint32 { return n.Mode & TypeMask }
+func (n *Inode) IsDir() bool  { return n.Type() == TypeDir }
+func (n *Inode) IsReg() bool  { return n.Type() == TypeRegular }
+func (n *Inode) IsLink() bool { return n.Type() == TypeSymlink }
+func (n *Inode) Perm() uint32 { return n.Mode &^ TypeMask }
 
 const inodeVersion = 1
 

@@ -1,7 +1,6 @@
 package nbd
 
 import (
-	"bytes"
 	"encoding/binary"
 	"strings"
 
@@ -95,21 +94,6 @@ func clipMessage(msg string) string {
 		cut--
 	}
 	return msg[:cut]
-}
-
-// zeroBlock is what zero detection compares against.
-var zeroBlock = make([]byte, preferredBlockSize)
-
-// isZero reports whether b is all zeros.
-func isZero(b []byte) bool {
-	for len(b) > 0 {
-		n := min(len(b), len(zeroBlock))
-		if !bytes.Equal(b[:n], zeroBlock[:n]) {
-			return false
-		}
-		b = b[n:]
-	}
-	return true
 }
 
 // segment is part of a structured READ reply: data or a hole.
