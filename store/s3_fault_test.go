@@ -345,7 +345,7 @@ func TestS3Faults(t *testing.T) {
 					t.Fatalf("%s during a 503 outage: %v; want the status in the error", name, err)
 				}
 			}
-			if d := time.Since(start); d > 10*time.Second {
+			if d := time.Since(start); d > time.Minute { // a hang, not a timing: the retry budget is seconds
 				t.Fatalf("%s outage: operations took %v to give up", faultNames[f], d)
 			}
 		}
@@ -404,7 +404,7 @@ func TestS3Faults(t *testing.T) {
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Put with a hanging part: %v, want DeadlineExceeded", err)
 		}
-		if d := time.Since(start); d > 3*time.Second {
+		if d := time.Since(start); d > 30*time.Second { // a hang, not a timing
 			t.Fatalf("Put returned %v after its deadline", d)
 		}
 		// The upload is aborted in the background.
@@ -451,7 +451,7 @@ func allOps(parent context.Context, s store.Store, timeout ...time.Duration) map
 			}
 			start := time.Now()
 			err := op(ctx)
-			if len(timeout) > 0 && time.Since(start) > timeout[0]+3*time.Second {
+			if len(timeout) > 0 && time.Since(start) > timeout[0]+30*time.Second {
 				err = errors.New(name + " ignored its deadline")
 			}
 			mu.Lock()
