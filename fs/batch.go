@@ -50,8 +50,9 @@ type batch struct {
 	frames  []sealedFrame
 	commit  *wal.Commit
 	pos     wal.Position
-	dataOff int64 // offset of the record's data area
-	recSize int64 // size of the whole record object
+	dataOff int64  // offset of the record's data area
+	recSize int64  // size of the whole record object
+	recBuf  []byte // the record, until the applier hands it back to FS.recBufs
 	durable chan struct{}
 	err     error // valid once durable is closed: nil on success
 	once    sync.Once

@@ -78,6 +78,7 @@ func (f *FS) seal(b *batch) {
 	b.commit = commit
 	b.dataOff = int64(wal.HeaderSize + rec.metaLen)
 	b.recSize = int64(len(rec.buf))
+	b.recBuf = rec.buf
 	f.publishEncoded(b)
 	f.doneCh <- b
 }
@@ -175,7 +176,7 @@ func (f *FS) encodeBatch(b *batch) *sealedRecord {
 	rec := &sealedRecord{f: f, plain: d.encode()}
 	rec.metaLen = len(rec.plain) + crypt.Overhead
 	start := wal.HeaderSize + rec.metaLen
-	rec.buf = make([]byte, start+dataLen)
+	rec.buf = f.recBufs.get(start + dataLen)
 	parallel(len(preps), func(i int) {
 		fr := preps[i]
 		f.coder.SealInto(rec.buf[start+fr.off:start+fr.off+fr.prep.Size()], &fr.prep)
@@ -299,7 +300,9 @@ func (f *FS) applier() {
 				f.fail(err)
 				continue
 			}
-			b.frames = nil // cached now: let the record's memory go
+			b.frames = nil // cached now: the record's memory can go
+			f.recBufs.put(b.recBuf)
+			b.recBuf = nil
 			f.viewMu.Lock()
 			if len(f.sealed) > 0 && f.sealed[0] == b {
 				f.sealed = f.sealed[1:]

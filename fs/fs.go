@@ -197,8 +197,9 @@ type FS struct {
 
 	kick    chan struct{} // asks the sealer for a seal
 	slots   chan struct{} // WAL records in flight: the sealer takes one per batch
-	doneCh  chan *batch   // appended batches, to the completer
-	applyCh chan *batch   // durable batches, to the applier
+	recBufs *recordBuffers
+	doneCh  chan *batch // appended batches, to the completer
+	applyCh chan *batch // durable batches, to the applier
 
 	flights flightGroup // concurrent misses on one frame share one GET
 	pending sync.Map    // frame id → raw bytes of frames encoded, not yet applied
@@ -277,6 +278,7 @@ func Open(ctx context.Context, opts Options) (*FS, error) {
 		fsid: wlog.FSID(), epoch: wlog.Epoch(), chunkSize: uint32(p.ChunkSize),
 		kick:    make(chan struct{}, 1),
 		slots:   make(chan struct{}, opts.WALInFlight),
+		recBufs: newRecordBuffers(opts.WALInFlight+1, opts.BatchBytes),
 		doneCh:  make(chan *batch, 1024),
 		applyCh: make(chan *batch, 1024),
 		stop:    make(chan struct{}),
