@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -174,6 +175,12 @@ func fsCanon(t *testing.T, f *FS) string {
 					got, _, err := f.Read(ctx, Root, n.Ino, 0, data)
 					if err != nil || got != len(data) {
 						t.Fatalf("read %q: %d of %d bytes: %v", p, got, len(data), err)
+					}
+					// The zero-copy read must see the same bytes.
+					parts, got, _, _, err := f.ReadShared(ctx, Root, n.Ino, 0, make([]byte, n.Size))
+					if err != nil || got != len(data) || !bytes.Equal(bytes.Join(parts, nil), data) {
+						t.Fatalf("ReadShared %q: %d of %d bytes, same as Read: %v: %v", p, got, len(data),
+							bytes.Equal(bytes.Join(parts, nil), data), err)
 					}
 				}
 				entries = append(entries, canonEntry{p, n.Ino, n.Type(), n.Perm(), int(n.Nlink), contentHash(n.Type(), data, n.Target)})

@@ -21,7 +21,7 @@ import (
 // pebble, whose frames come from the memory cache or one ranged GET each;
 // concurrent misses on one frame share the GET.
 func (f *FS) Read(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte) (int, bool, error) {
-	n, eof, _, err := f.read(ctx, c, ino, off, p, false)
+	n, eof, err := f.read(ctx, c, ino, off, p, nil)
 	return n, eof, err
 }
 
@@ -31,46 +31,96 @@ func (f *FS) Read(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte
 // holes are exactly what the read did not have to fetch. (Zeros written as
 // data are data until their batch is sealed, which turns them into holes.)
 func (f *FS) ReadSparse(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte) (int, bool, []Extent, error) {
-	return f.read(ctx, c, ino, off, p, true)
+	out := readOut{holes: []Extent{}}
+	n, eof, err := f.read(ctx, c, ino, off, p, &out)
+	return n, eof, out.holes, err
 }
 
-func (f *FS) read(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte, wantHoles bool) (int, bool, []Extent, error) {
+// ReadShared is ReadSparse without copying what is already in memory: the
+// bytes read are the concatenation of parts, where a part is either a piece
+// of p or, for ranges served by a data frame in memory (the memory cache, or
+// a batch on its way to it), a slice of that frame itself.
+//
+// Why: a cached read otherwise copies every byte once from the cache into p
+// only for the protocol to copy it again into the socket; for large reads
+// that copy is a quarter of the server's CPU. Decoded frames are never
+// modified once they exist (a write makes a new frame; the cache stores and
+// evicts by reference, never recycling a buffer), so handing them out is
+// safe for as long as the caller keeps them. The caller must not modify any
+// part.
+//
+// Data still being written (the open batch) is always copied into p.
+func (f *FS) ReadShared(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte) (parts [][]byte, n int, eof bool, holes []Extent, err error) {
+	out := readOut{holes: []Extent{}, shared: []sharedPart{}}
+	n, eof, err = f.read(ctx, c, ino, off, p, &out)
+	if err != nil {
+		return nil, 0, false, nil, err
+	}
+	at := 0
+	for _, sp := range out.shared {
+		if sp.at > at {
+			parts = append(parts, p[at:sp.at])
+		}
+		parts = append(parts, sp.b)
+		at = sp.at + len(sp.b)
+	}
+	if at < n {
+		parts = append(parts, p[at:n])
+	}
+	return parts, n, eof, out.holes, nil
+}
+
+// readOut collects what a read reports besides the bytes it copies: the
+// holes it found (when holes is not nil) and, when shared is not nil, the
+// ranges it did not copy because they can be sent from frame memory.
+type readOut struct {
+	holes  []Extent
+	shared []sharedPart
+	at     int // offset in the read's buffer of the chunk being read
+}
+
+// sharedPart is a range of a read, at offset at of its buffer, served by b,
+// a slice of an immutable frame.
+type sharedPart struct {
+	at int
+	b  []byte
+}
+
+func (f *FS) read(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte, out *readOut) (int, bool, error) {
 	chain := f.chain()
 	n, err := f.getInode(chain, ino)
 	if err != nil {
-		return 0, false, nil, err
+		return 0, false, err
 	}
 	if err := writable(&n); err != nil {
-		return 0, false, nil, err
+		return 0, false, err
 	}
 	if err := c.access(&n, accessRead); err != nil {
-		return 0, false, nil, err
+		return 0, false, err
 	}
 	if off >= n.Size {
-		return 0, true, nil, nil
+		return 0, true, nil
 	}
 	total := int(min(uint64(len(p)), n.Size-off))
-	var holes []Extent
-	hp := &holes
-	if !wantHoles {
-		hp = nil
+	if err := f.readRange(ctx, chain, ino, off, p[:total], out); err != nil {
+		return 0, false, err
 	}
-	if err := f.readRange(ctx, chain, ino, off, p[:total], hp); err != nil {
-		return 0, false, nil, err
-	}
-	return total, off+uint64(total) >= n.Size, holes, nil
+	return total, off+uint64(total) >= n.Size, nil
 }
 
-// readRange fills p with the file's bytes at off, ignoring the file size. If
-// holes is not nil, the holes found are appended to it.
-func (f *FS) readRange(ctx context.Context, chain []*batch, ino, off uint64, p []byte, holes *[]Extent) error {
+// readRange fills p with the file's bytes at off, ignoring the file size,
+// reporting to out (which may be nil) what it found.
+func (f *FS) readRange(ctx context.Context, chain []*batch, ino, off uint64, p []byte, out *readOut) error {
 	cs := uint64(f.chunkSize)
 	for done := 0; done < len(p); {
 		pos := off + uint64(done)
 		id := chunkID{ino, pos / cs}
 		a := uint32(pos % cs)
 		e := uint32(min(cs, uint64(a)+uint64(len(p)-done)))
-		if err := f.readChunk(ctx, chain, id, a, e, p[done:done+int(e-a)], holes); err != nil {
+		if out != nil {
+			out.at = done
+		}
+		if err := f.readChunk(ctx, chain, id, a, e, p[done:done+int(e-a)], out); err != nil {
 			return err
 		}
 		done += int(e - a)
@@ -78,9 +128,17 @@ func (f *FS) readRange(ctx context.Context, chain []*batch, ino, off uint64, p [
 	return nil
 }
 
-// readChunk fills dst with bytes [a, e) of chunk id.
-func (f *FS) readChunk(ctx context.Context, chain []*batch, id chunkID, a, e uint32, dst []byte, holes *[]Extent) error {
+// readChunk fills dst with bytes [a, e) of chunk id, reporting to out (which
+// may be nil) what it found.
+func (f *FS) readChunk(ctx context.Context, chain []*batch, id chunkID, a, e uint32, dst []byte, out *readOut) error {
+	sharedBefore := 0
+	if out != nil {
+		sharedBefore = len(out.shared)
+	}
 	for attempt := 0; ; attempt++ {
+		if out != nil {
+			out.shared = out.shared[:sharedBefore] // a retry starts over
+		}
 		var filled [16]span // what was copied, to zero only the holes
 		got := filled[:0]
 		mu := f.chunkLock(id)
@@ -100,7 +158,7 @@ func (f *FS) readChunk(ctx context.Context, chain []*batch, id chunkID, a, e uin
 		if err != nil {
 			return err
 		}
-		got, err = f.fillPieces(ctx, id, pieces, a, e, dst, got)
+		got, err = f.fillPieces(ctx, id, pieces, a, e, dst, got, out)
 		if errors.Is(err, errObjectGone) && attempt < 3 {
 			// Garbage collection moved the frame and deleted its old
 			// object between our lookup and the GET: look again.
@@ -112,15 +170,20 @@ func (f *FS) readChunk(ctx context.Context, chain []*batch, id chunkID, a, e uin
 		}
 		base := id.idx * uint64(f.chunkSize)
 		zeroGaps(dst, a, e, got, func(lo, hi uint32) {
-			if holes == nil {
+			if out == nil || out.holes == nil {
 				return
 			}
-			if k := len(*holes) - 1; k >= 0 && (*holes)[k].Off+(*holes)[k].Len == base+uint64(lo) {
-				(*holes)[k].Len += uint64(hi - lo)
+			if k := len(out.holes) - 1; k >= 0 && out.holes[k].Off+out.holes[k].Len == base+uint64(lo) {
+				out.holes[k].Len += uint64(hi - lo)
 				return
 			}
-			*holes = append(*holes, Extent{Off: base + uint64(lo), Len: uint64(hi - lo), Hole: true})
+			out.holes = append(out.holes, Extent{Off: base + uint64(lo), Len: uint64(hi - lo), Hole: true})
 		})
+		if out != nil && len(out.shared) > sharedBefore+1 {
+			// fillPieces goes by piece order, which is offset order, but
+			// keep the invariant explicit: ReadShared walks them in order.
+			slices.SortFunc(out.shared[sharedBefore:], func(x, y sharedPart) int { return x.at - y.at })
+		}
 		return nil
 	}
 }
@@ -144,8 +207,9 @@ func zeroGaps(dst []byte, a, e uint32, got []span, hole func(lo, hi uint32)) {
 }
 
 // fillPieces copies the parts of pieces that overlap [a, e) into dst and
-// appends the spans it filled to got.
-func (f *FS) fillPieces(ctx context.Context, id chunkID, pieces []Piece, a, e uint32, dst []byte, got []span) ([]span, error) {
+// appends the spans it filled to got. With out.shared wanted, it records
+// slices of the frames instead of copying them (see ReadShared).
+func (f *FS) fillPieces(ctx context.Context, id chunkID, pieces []Piece, a, e uint32, dst []byte, got []span, out *readOut) ([]span, error) {
 	for _, p := range pieces {
 		lo, hi := max(p.Off, a), min(p.end(), e)
 		if lo >= hi {
@@ -156,7 +220,11 @@ func (f *FS) fillPieces(ctx context.Context, id chunkID, pieces []Piece, a, e ui
 			return got, err
 		}
 		src := p.Skip + (lo - p.Off)
-		copy(dst[lo-a:hi-a], raw[src:src+(hi-lo)])
+		if out != nil && out.shared != nil {
+			out.shared = append(out.shared, sharedPart{at: out.at + int(lo-a), b: raw[src : src+(hi-lo) : src+(hi-lo)]})
+		} else {
+			copy(dst[lo-a:hi-a], raw[src:src+(hi-lo)])
+		}
 		got = append(got, span{lo, hi})
 	}
 	return got, nil

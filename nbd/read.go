@@ -23,58 +23,47 @@ func (c *conn) read(r request) *reqError {
 			c.free(buf)
 		}
 	}()
-	var segs []segment
-	if c.sess.structured {
-		// The filesystem reports the holes it found while reading (they
-		// cost it nothing): they go out as hole chunks, not as zeros.
-		n, _, holes, err := c.s.f.ReadSparse(c.s.ctx, fs.Root, c.exp.ino, r.off, buf)
-		if err != nil {
-			return fsError(cmdRead, err, "read [%d, +%d)", r.off, r.length)
-		}
-		if n < len(buf) { // the file shrank under this connection: zeros
-			clear(buf[n:])
-			holes = append(holes, fs.Extent{Off: r.off + uint64(n), Len: uint64(len(buf) - n), Hole: true})
-		}
-		segs = segmentsFromHoles(r.off, len(buf), holes)
-	} else if err := c.readInto(r.off, buf); err != nil {
+	// Cached data goes out straight from the frames holding it (see
+	// fs.ReadShared): data is the read's bytes as a list of slices, of buf
+	// or of immutable frame memory. buf still bounds what the connection
+	// holds (the budget counts it), and is what is freed after sending.
+	data, n, _, holes, err := c.s.f.ReadShared(c.s.ctx, fs.Root, c.exp.ino, r.off, buf)
+	if err != nil {
 		return fsError(cmdRead, err, "read [%d, +%d)", r.off, r.length)
+	}
+	if n < len(buf) { // the file shrank under this connection: zeros
+		clear(buf[n:])
+		data = append(data, buf[n:])
+		holes = append(holes, fs.Extent{Off: r.off + uint64(n), Len: uint64(len(buf) - n), Hole: true})
 	}
 	var parts [][]byte
 	switch {
 	case !c.sess.structured:
-		parts = [][]byte{appendSimpleReply(nil, 0, r.cookie), buf}
+		parts = append([][]byte{appendSimpleReply(nil, 0, r.cookie)}, data...)
 	case r.flags&cmdFlagDF != 0:
 		// Don't fragment: one content chunk. A read that is all zeros can
 		// still be one hole chunk.
-		if len(segs) == 1 && segs[0].hole {
+		if segs := segmentsFromHoles(r.off, len(buf), holes); len(segs) == 1 && segs[0].hole {
 			parts = [][]byte{appendOffsetHole(nil, r.cookie, replyFlagDone, r.off, r.length)}
 		} else {
-			parts = [][]byte{appendOffsetDataHeader(nil, r.cookie, replyFlagDone, r.off, len(buf)), buf}
+			parts = append([][]byte{appendOffsetDataHeader(nil, r.cookie, replyFlagDone, r.off, len(buf))}, data...)
 		}
 	default:
-		parts = structuredReadParts(r, buf, segs)
+		// The filesystem reports the holes it found while reading (they
+		// cost it nothing): they go out as hole chunks, not as zeros.
+		parts = structuredReadParts(r, data, segmentsFromHoles(r.off, len(buf), holes))
 	}
 	handed = true
 	c.send(&reply{parts: parts, free: func() { c.free(buf) }})
 	return nil
 }
 
-// readInto fills p from the export at off. Bytes past the file's current end
-// (it shrank under this connection) read as zeros.
-func (c *conn) readInto(off uint64, p []byte) error {
-	n, _, err := c.s.f.Read(c.s.ctx, fs.Root, c.exp.ino, off, p)
-	if err != nil {
-		return err
-	}
-	clear(p[n:])
-	return nil
-}
-
 // structuredReadParts builds the chunks of a structured READ reply from
 // segments covering the request: OFFSET_DATA for data, OFFSET_HOLE for holes,
 // the last one flagged DONE (all data is in hand, so no error can follow).
-func structuredReadParts(r request, buf []byte, segs []segment) [][]byte {
-	parts := make([][]byte, 0, 2*len(segs))
+// data holds the request's bytes, in slices.
+func structuredReadParts(r request, data [][]byte, segs []segment) [][]byte {
+	parts := make([][]byte, 0, 2*len(segs)+len(data))
 	hdrs := make([]byte, 0, len(segs)*(chunkHeaderLen+12))
 	for i, s := range segs {
 		var flags uint16
@@ -88,8 +77,26 @@ func structuredReadParts(r request, buf []byte, segs []segment) [][]byte {
 			continue
 		}
 		hdrs = appendOffsetDataHeader(hdrs, r.cookie, flags, s.off, s.n)
-		rel := s.off - r.off
-		parts = append(parts, hdrs[start:len(hdrs):len(hdrs)], buf[rel:rel+uint64(s.n)])
+		parts = append(parts, hdrs[start:len(hdrs):len(hdrs)])
+		rel := int(s.off - r.off)
+		parts = appendRange(parts, data, rel, rel+s.n)
 	}
 	return parts
+}
+
+// appendRange appends to dst the slices of data (consecutive pieces of one
+// byte sequence) that cover bytes [from, to) of it.
+func appendRange(dst, data [][]byte, from, to int) [][]byte {
+	at := 0
+	for _, d := range data {
+		lo, hi := max(from, at), min(to, at+len(d))
+		if lo < hi {
+			dst = append(dst, d[lo-at:hi-at])
+		}
+		at += len(d)
+		if at >= to {
+			break
+		}
+	}
+	return dst
 }

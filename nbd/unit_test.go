@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -540,5 +541,32 @@ func TestObserveAndPanicRecovery(t *testing.T) {
 		if seen[cmd] == 0 {
 			t.Errorf("Observe never saw %s", cmd)
 		}
+	}
+}
+
+func TestAppendRange(t *testing.T) {
+	data := [][]byte{[]byte("abc"), []byte("defgh"), []byte("i"), []byte("jk")}
+	tests := []struct {
+		name     string
+		from, to int
+		want     []string
+	}{
+		{"all", 0, 11, []string{"abc", "defgh", "i", "jk"}},
+		{"inside one slice", 4, 6, []string{"ef"}},
+		{"across slices", 2, 10, []string{"c", "defgh", "i", "j"}},
+		{"on boundaries", 3, 9, []string{"defgh", "i"}},
+		{"last byte", 10, 11, []string{"k"}},
+		{"empty", 5, 5, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			for _, p := range appendRange(nil, data, tc.from, tc.to) {
+				got = append(got, string(p))
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("appendRange(%d, %d) = %q, want %q", tc.from, tc.to, got, tc.want)
+			}
+		})
 	}
 }
