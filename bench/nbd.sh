@@ -10,6 +10,8 @@
 #
 #   ZEROFS_BENCH_RUNTIME  seconds per workload (default 5)
 #   ZEROFS_BENCH_SIZE     export size in MiB (default 512)
+#   ZEROFS_BENCH_ONLY     a regular expression: run only the workloads it matches
+#                         (e.g. "seq read", "randwrite QD32|seq read")
 #
 # Needs fio and nbdkit (scripts/install-test-deps.sh installs them). The
 # machine is shared and noisy: compare ratios within one run.
