@@ -52,7 +52,7 @@ bench: test-deps
 
 # Longer randomized crash-recovery runs with fresh seeds (not part of make test).
 soak:
-	for i in 1 2 3 4 5; do ZEROFS_MODEL_RANDOM=1 ZEROFS_MODEL_OPS=20000 $(GO) test -race -count=1 -run TestModelRandomCrashes -v ./fs | grep -E 'seed|PASS|FAIL' || exit 1; done
+	for i in 1 2 3 4 5; do ZEROFS_MODEL_RANDOM=1 ZEROFS_MODEL_OPS=20000 $(GO) test -race -count=1 -timeout 3h -run TestModelRandomCrashes -v ./fs | grep -E 'seed|PASS|FAIL' || exit 1; done
 
 clean:
 	rm -rf bin
