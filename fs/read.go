@@ -49,7 +49,8 @@ func (f *FS) ReadSparse(ctx context.Context, c *Cred, ino uint64, off uint64, p 
 // safe for as long as the caller keeps them. The caller must not modify any
 // part.
 //
-// Data still being written (the open batch) is always copied into p.
+// Dirty chunk data (batches not yet encoded, which writes may still change)
+// is always copied into p.
 func (f *FS) ReadShared(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte) (parts [][]byte, n int, eof bool, holes []Extent, err error) {
 	out := readOut{holes: []Extent{}, shared: []sharedPart{}}
 	n, eof, err = f.read(ctx, c, ino, off, p, &out)
