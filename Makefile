@@ -52,8 +52,8 @@ bench: test-deps
 	./bench/nfs.sh
 
 # Longer randomized crash-recovery runs with fresh seeds (not part of make test).
+# soak's test is not piped through a filter: the pipe's status would hide a failure.
 soak:
-	# Not piped through a filter: its exit status would hide a failure.
 	for i in 1 2 3 4 5; do ZEROFS_MODEL_RANDOM=1 ZEROFS_MODEL_OPS=20000 $(GO) test -race -count=1 -timeout 3h -run TestModelRandomCrashes -v ./fs || exit 1; done
 
 clean:
