@@ -4,7 +4,7 @@
 #   make bench   run the benchmarks (writes nothing; see docs/benchmarks.md)
 #   make fuzz    run every fuzz target for FUZZTIME (default 60s)
 #   make soak    the long randomized crash-recovery run (5 random seeds of
-#                20,000 operations under -race: about 20-30 min each here)
+#                20,000 operations under -race: about 40 min each here)
 
 GO       ?= go
 GOFLAGS  ?= -buildvcs=false
