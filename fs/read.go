@@ -180,11 +180,6 @@ func (f *FS) readChunk(ctx context.Context, chain []*batch, id chunkID, a, e uin
 			}
 			out.holes = append(out.holes, Extent{Off: base + uint64(lo), Len: uint64(hi - lo), Hole: true})
 		})
-		if out != nil && len(out.shared) > sharedBefore+1 {
-			// fillPieces goes by piece order, which is offset order, but
-			// keep the invariant explicit: ReadShared walks them in order.
-			slices.SortFunc(out.shared[sharedBefore:], func(x, y sharedPart) int { return x.at - y.at })
-		}
 		return nil
 	}
 }
@@ -209,7 +204,8 @@ func zeroGaps(dst []byte, a, e uint32, got []span, hole func(lo, hi uint32)) {
 
 // fillPieces copies the parts of pieces that overlap [a, e) into dst and
 // appends the spans it filled to got. With out.shared wanted, it records
-// slices of the frames instead of copying them (see ReadShared).
+// slices of the frames instead of copying them (see ReadShared), in offset
+// order: pieces are sorted and disjoint (decodePieces checks it).
 func (f *FS) fillPieces(ctx context.Context, id chunkID, pieces []Piece, a, e uint32, dst []byte, got []span, out *readOut) ([]span, error) {
 	for _, p := range pieces {
 		lo, hi := max(p.Off, a), min(p.end(), e)
