@@ -25,34 +25,28 @@ func (f *FS) Read(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte
 	return n, eof, err
 }
 
-// ReadSparse is Read that also reports where the holes are: ranges of the
-// bytes read (absolute offsets, in order) that read as zeros because nothing
-// was written there or they were punched. Finding them costs nothing extra:
-// holes are exactly what the read did not have to fetch. (Zeros written as
-// data are data until their batch is sealed, which turns them into holes.)
-func (f *FS) ReadSparse(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte) (int, bool, []Extent, error) {
-	out := readOut{holes: []Extent{}}
-	n, eof, err := f.read(ctx, c, ino, off, p, &out)
-	return n, eof, out.holes, err
-}
-
-// ReadShared is ReadSparse without copying what is already in memory: the
-// bytes read are the concatenation of parts, where a part is either a piece
-// of p or, for ranges served by a data frame in memory (the memory cache, or
-// a batch on its way to it), a slice of that frame itself.
+// ReadShared is Read without copying what is already in memory, which also
+// reports where the holes are.
 //
-// Why: a cached read otherwise copies every byte once from the cache into p
-// only for the protocol to copy it again into the socket; for large reads
-// that copy is a quarter of the server's CPU. Decoded frames are never
-// modified once they exist (a write makes a new frame; the cache stores and
-// evicts by reference, never recycling a buffer), so handing them out is
-// safe for as long as the caller keeps them. The caller must not modify any
-// part.
+// The bytes read are the concatenation of parts, where a part is either a
+// piece of p or, for ranges served by a data frame in memory (the memory
+// cache, or a batch on its way to it), a slice of that frame itself. Why: a
+// cached read otherwise copies every byte once from the cache into p only
+// for the protocol to copy it again into the socket; for large reads that
+// copy is a quarter of the server's CPU. Decoded frames are never modified
+// once they exist (a write makes a new frame; the cache stores and evicts by
+// reference, never recycling a buffer), so handing them out is safe for as
+// long as the caller keeps them. The caller must not modify any part. Dirty
+// chunk data (batches not yet encoded, which writes may still change) is
+// always copied into p.
 //
-// Dirty chunk data (batches not yet encoded, which writes may still change)
-// is always copied into p.
+// holes are the ranges of the bytes read (absolute offsets, in order) that
+// read as zeros because nothing was written there or they were punched.
+// Finding them costs nothing extra: holes are exactly what the read did not
+// have to fetch. (Zeros written as data are data until their batch is
+// sealed, which turns them into holes.)
 func (f *FS) ReadShared(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte) (parts [][]byte, n int, eof bool, holes []Extent, err error) {
-	out := readOut{holes: []Extent{}, shared: []sharedPart{}}
+	var out readOut
 	n, eof, err = f.read(ctx, c, ino, off, p, &out)
 	if err != nil {
 		return nil, 0, false, nil, err
@@ -71,9 +65,9 @@ func (f *FS) ReadShared(ctx context.Context, c *Cred, ino uint64, off uint64, p 
 	return parts, n, eof, out.holes, nil
 }
 
-// readOut collects what a read reports besides the bytes it copies: the
-// holes it found (when holes is not nil) and, when shared is not nil, the
-// ranges it did not copy because they can be sent from frame memory.
+// readOut collects what ReadShared reports besides the bytes it copies: the
+// holes it found, and the ranges it did not copy because they can be sent
+// from frame memory. Read passes none and copies everything.
 type readOut struct {
 	holes  []Extent
 	shared []sharedPart
@@ -171,7 +165,7 @@ func (f *FS) readChunk(ctx context.Context, chain []*batch, id chunkID, a, e uin
 		}
 		base := id.idx * uint64(f.chunkSize)
 		zeroGaps(dst, a, e, got, func(lo, hi uint32) {
-			if out == nil || out.holes == nil {
+			if out == nil {
 				return
 			}
 			if k := len(out.holes) - 1; k >= 0 && out.holes[k].Off+out.holes[k].Len == base+uint64(lo) {
@@ -217,7 +211,7 @@ func (f *FS) fillPieces(ctx context.Context, id chunkID, pieces []Piece, a, e ui
 			return got, err
 		}
 		src := p.Skip + (lo - p.Off)
-		if out != nil && out.shared != nil {
+		if out != nil {
 			out.shared = append(out.shared, sharedPart{at: out.at + int(lo-a), b: raw[src : src+(hi-lo) : src+(hi-lo)]})
 		} else {
 			copy(dst[lo-a:hi-a], raw[src:src+(hi-lo)])

@@ -62,7 +62,7 @@
 // Replies: successful non-READ replies are simple even with structured
 // replies; errors are NBD_REPLY_TYPE_ERROR chunks with a message when
 // structured replies were negotiated. Structured READs send OFFSET_HOLE for
-// the holes fs.ReadSparse reports while reading (whole aligned 4 KiB blocks;
+// the holes fs.ReadShared reports while reading (whole aligned 4 KiB blocks;
 // the zero edges of a hole go out as data), OFFSET_DATA otherwise, the last
 // chunk flagged DONE; with DF one chunk. BLOCK_STATUS reports holes as
 // HOLE|ZERO and data as 0, and may describe a prefix of the range.
