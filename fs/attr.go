@@ -146,15 +146,20 @@ var ErrGuard = errors.New("setattr guard mismatch")
 // attributes before and after.
 func (f *FS) SetAttr(ctx context.Context, c *Cred, ino uint64, s SetAttrs) (before, after Inode, err error) {
 	if s.Size != nil {
-		if err := f.reserve(); err != nil {
+		adm, err := f.reserve(ctx, 0)
+		if err != nil {
 			return before, after, err
 		}
+		defer f.unreserve(adm)
 	}
 	f.viewMu.RLock()
 	defer f.viewMu.RUnlock()
 	rw := f.inodeRW(ino)
 	rw.Lock() // excludes writes while the size changes
 	defer rw.Unlock()
+	if ctx.Err() != nil {
+		return before, after, canceled(ctx)
+	}
 	chain := f.chainLocked()
 	n, err := f.getInode(chain, ino)
 	if err != nil {

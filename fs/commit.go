@@ -309,7 +309,8 @@ func (f *FS) applier() {
 			}
 			f.viewMu.Unlock()
 			f.memMu.Lock()
-			f.memCV.Broadcast()
+			f.memCV.Broadcast() // waitApplied
+			f.wakeHeadLocked()  // reserve
 			f.memMu.Unlock()
 		case <-f.stop:
 			return
@@ -369,31 +370,6 @@ func (f *FS) ticker() {
 				}
 			}
 		}
-	}
-}
-
-// reserve applies back-pressure before a mutation that adds dirty data: it
-// waits while unapplied batches hold more than MaxDirtyBytes, asking for a
-// seal so the memory drains. The fast path takes no global lock.
-func (f *FS) reserve() error {
-	if err := f.Err(); err != nil {
-		return f.writeErr(err)
-	}
-	if dirty, _ := f.dirtyBytes(); dirty < f.opts.MaxDirtyBytes {
-		return nil
-	}
-	f.memMu.Lock()
-	defer f.memMu.Unlock()
-	for {
-		if err := f.Err(); err != nil {
-			return f.writeErr(err)
-		}
-		dirty, _ := f.dirtyBytes()
-		if dirty < f.opts.MaxDirtyBytes {
-			return nil
-		}
-		f.kickSeal()
-		f.memCV.Wait() // the applier broadcasts after each batch, fail() too
 	}
 }
 

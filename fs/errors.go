@@ -26,6 +26,9 @@ var (
 	ErrTooManyLink = syscall.EMLINK
 	ErrXDev        = syscall.EXDEV
 	ErrLoop        = syscall.ELOOP
+	// ErrCanceled: the request's context ended (its connection is gone)
+	// before it began to change anything; nothing was done.
+	ErrCanceled = syscall.ECANCELED
 )
 
 // Errno extracts the POSIX errno from an error returned by this package,

@@ -192,8 +192,12 @@ type FS struct {
 
 	// Dirty memory and back-pressure.
 	memMu sync.Mutex
-	memCV *sync.Cond
-	dirty int64 // bytes in dirty chunk buffers of unapplied batches
+	memCV *sync.Cond   // applied batches, for waitApplied
+	memQ  []*memWaiter // reserve's queue, in arrival order
+	// reserved: bytes admitted by reserve, not yet in a batch.
+	reserved    int64
+	memDraining bool         // a mutation admitted from memQ has not finished yet
+	memWaits    atomic.Int64 // mutations that had to wait for memory
 
 	kick    chan struct{} // asks the sealer for a seal
 	slots   chan struct{} // WAL records in flight: the sealer takes one per batch
@@ -343,6 +347,7 @@ func (f *FS) fail(err error) {
 		}
 		f.memMu.Lock()
 		f.memCV.Broadcast() // writers waiting for memory must see the failure
+		f.wakeAllLocked()
 		f.memMu.Unlock()
 	}
 }
@@ -462,6 +467,7 @@ func (f *FS) shutdown() {
 	f.viewMu.Unlock()
 	f.memMu.Lock()
 	f.memCV.Broadcast()
+	f.wakeAllLocked()
 	f.memMu.Unlock()
 	if err := f.db.Close(); err != nil {
 		f.log.Warn("closing metadata database", "err", err)

@@ -350,9 +350,11 @@ func (f *FS) rewriteChunk(ctx context.Context, id chunkID) (bool, error) {
 	for _, p := range pieces {
 		cover = cover.add(p.Off, p.end())
 	}
-	if err := f.reserve(); err != nil {
+	adm, err := f.reserve(ctx, int64(len(data)))
+	if err != nil {
 		return false, err
 	}
+	defer f.unreserve(adm)
 	f.viewMu.RLock()
 	defer f.viewMu.RUnlock()
 	rw := f.inodeRW(id.ino)

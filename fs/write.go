@@ -40,9 +40,11 @@ func (f *FS) Write(ctx context.Context, c *Cred, ino uint64, off uint64, p []byt
 	if off > MaxFileSize || uint64(len(p)) > MaxFileSize-off {
 		return Inode{}, fmt.Errorf("write [%d, +%d) of inode %d: %w", off, len(p), ino, ErrFileTooBig)
 	}
-	if err := f.reserve(); err != nil {
+	adm, err := f.reserve(ctx, int64(len(p)))
+	if err != nil {
 		return Inode{}, err
 	}
+	defer f.unreserve(adm)
 	f.viewMu.RLock()
 	defer f.viewMu.RUnlock()
 	chain := f.chainLocked()
@@ -50,6 +52,10 @@ func (f *FS) Write(ctx context.Context, c *Cred, ino uint64, off uint64, p []byt
 	rw := f.inodeRW(ino)
 	rw.RLock()
 	defer rw.RUnlock()
+	// The last moment to give up: from here on the write changes the batch.
+	if ctx.Err() != nil {
+		return Inode{}, canceled(ctx)
+	}
 	n, err := f.getInode(chain, ino)
 	if err != nil {
 		return Inode{}, err
@@ -190,6 +196,9 @@ func (f *FS) Punch(ctx context.Context, c *Cred, ino uint64, off, length uint64)
 	rw := f.inodeRW(ino)
 	rw.Lock()
 	defer rw.Unlock()
+	if ctx.Err() != nil {
+		return canceled(ctx)
+	}
 	chain := f.chainLocked()
 	n, err := f.getInode(chain, ino)
 	if err != nil {

@@ -48,7 +48,7 @@ func (c *conn) fua(r request) *reqError {
 	if r.flags&cmdFlagFUA == 0 {
 		return nil
 	}
-	if err := c.s.f.Flush(c.s.ctx); err != nil {
+	if err := c.s.f.Flush(c.ctx); err != nil {
 		return fsError(cmdFlush, err, "%s [%d, +%d) done but not made durable (FUA)", cmdName(r.typ), r.off, r.length)
 	}
 	return nil
@@ -56,12 +56,12 @@ func (c *conn) fua(r request) *reqError {
 
 func (c *conn) write(r request, payload []byte) *reqError {
 	if payload != nil {
-		defer c.free(payload)
+		defer c.freePayload(payload)
 	}
 	if r.length > 0 {
 		// One fs.Write per request: the filesystem puts one call in one
 		// batch, so a crash never tears a request.
-		if _, err := c.s.f.Write(c.s.ctx, fs.Root, c.exp.ino, r.off, payload); err != nil {
+		if _, err := c.s.f.Write(c.ctx, fs.Root, c.exp.ino, r.off, payload); err != nil {
 			return fsError(cmdWrite, err, "write [%d, +%d)", r.off, r.length)
 		}
 	}
@@ -73,7 +73,7 @@ func (c *conn) write(r request, payload []byte) *reqError {
 }
 
 func (c *conn) flush(r request) *reqError {
-	if err := c.s.f.Flush(c.s.ctx); err != nil {
+	if err := c.s.f.Flush(c.ctx); err != nil {
 		return fsError(cmdFlush, err, "flush")
 	}
 	c.sendOK(r)
@@ -82,7 +82,7 @@ func (c *conn) flush(r request) *reqError {
 
 func (c *conn) trim(r request) *reqError {
 	if r.length > 0 {
-		if err := c.s.f.Punch(c.s.ctx, fs.Root, c.exp.ino, r.off, uint64(r.length)); err != nil {
+		if err := c.s.f.Punch(c.ctx, fs.Root, c.exp.ino, r.off, uint64(r.length)); err != nil {
 			return fsError(cmdTrim, err, "trim [%d, +%d)", r.off, r.length)
 		}
 	}
@@ -106,13 +106,13 @@ func (c *conn) writeZeroes(r request) *reqError {
 		z := zeros()
 		for done := uint64(0); done < uint64(r.length); {
 			n := min(uint64(r.length)-done, uint64(len(z)))
-			if _, err := c.s.f.Write(c.s.ctx, fs.Root, c.exp.ino, r.off+done, z[:n]); err != nil {
+			if _, err := c.s.f.Write(c.ctx, fs.Root, c.exp.ino, r.off+done, z[:n]); err != nil {
 				return fsError(cmdWriteZeroes, err, "write zeroes [%d, +%d)", r.off+done, n)
 			}
 			done += n
 		}
 	} else if r.length > 0 {
-		if err := c.s.f.Punch(c.s.ctx, fs.Root, c.exp.ino, r.off, uint64(r.length)); err != nil {
+		if err := c.s.f.Punch(c.ctx, fs.Root, c.exp.ino, r.off, uint64(r.length)); err != nil {
 			return fsError(cmdWriteZeroes, err, "write zeroes [%d, +%d)", r.off, r.length)
 		}
 	}
@@ -126,7 +126,7 @@ func (c *conn) writeZeroes(r request) *reqError {
 // cache reads the range into the filesystem's cache before replying.
 func (c *conn) cache(r request) *reqError {
 	if r.length > 0 {
-		if err := c.s.f.Prefetch(c.s.ctx, c.exp.ino, r.off, uint64(r.length)); err != nil {
+		if err := c.s.f.Prefetch(c.ctx, c.exp.ino, r.off, uint64(r.length)); err != nil {
 			return fsError(cmdCache, err, "cache [%d, +%d)", r.off, r.length)
 		}
 	}
@@ -142,7 +142,7 @@ const maxStatusDescs = 1 << 20
 // NBD_STATE_HOLE|NBD_STATE_ZERO, data is 0. The reply may describe only a
 // prefix of the range (fs.Extents bounds its work), which the spec allows.
 func (c *conn) blockStatus(r request) *reqError {
-	ext, err := c.s.f.Extents(c.s.ctx, c.exp.ino, r.off, uint64(r.length))
+	ext, err := c.s.f.Extents(c.ctx, c.exp.ino, r.off, uint64(r.length))
 	if err != nil {
 		return fsError(cmdBlockStatus, err, "block status [%d, +%d)", r.off, r.length)
 	}

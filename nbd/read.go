@@ -16,7 +16,10 @@ func (c *conn) read(r request) *reqError {
 		}
 		return nil
 	}
-	buf := c.alloc(int(r.length))
+	buf, err := c.alloc(int(r.length))
+	if err != nil {
+		return fsError(cmdRead, err, "read [%d, +%d)", r.off, r.length)
+	}
 	handed := false
 	defer func() {
 		if !handed {
@@ -27,7 +30,7 @@ func (c *conn) read(r request) *reqError {
 	// fs.ReadShared): data is the read's bytes as a list of slices, of buf
 	// or of immutable frame memory. buf still bounds what the connection
 	// holds (the budget counts it), and is what is freed after sending.
-	data, n, _, holes, err := c.s.f.ReadShared(c.s.ctx, fs.Root, c.exp.ino, r.off, buf)
+	data, n, _, holes, err := c.s.f.ReadShared(c.ctx, fs.Root, c.exp.ino, r.off, buf)
 	if err != nil {
 		return fsError(cmdRead, err, "read [%d, +%d)", r.off, r.length)
 	}

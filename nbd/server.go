@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"zerofs/fs"
+	"zerofs/internal/budget"
 	"zerofs/internal/netserve"
 )
 
@@ -27,6 +28,11 @@ type Options struct {
 	// reader stops reading requests when it is exhausted. Default 64 MiB;
 	// never less than the 32 MiB maximum payload.
 	ConnBufferBytes int64
+	// Requests bounds the WRITE payload bytes read from all connections but
+	// not yet applied; when it is full, readers stop reading their sockets
+	// (TCP back-pressure) instead of buffering. Share one with the NFS
+	// server. Nil means a budget of DefaultRequestBytes for this server.
+	Requests *budget.Budget
 	// Observe, if set, is called once per command after its reply is queued
 	// (metrics hook): the command name ("read", "write", "flush", "trim",
 	// "write_zeroes", "cache", "block_status", "disc", "unknown"), the
@@ -52,7 +58,13 @@ func (o *Options) setDefaults() {
 	if o.ConnBufferBytes < maxPayload {
 		o.ConnBufferBytes = maxPayload
 	}
+	if o.Requests == nil {
+		o.Requests = budget.New(DefaultRequestBytes)
+	}
 }
+
+// DefaultRequestBytes is the request budget when Options.Requests is nil.
+const DefaultRequestBytes = 128 << 20
 
 // Server serves the exports of one filesystem over NBD.
 type Server struct {
@@ -67,6 +79,8 @@ type Server struct {
 	cancel context.CancelFunc
 
 	group netserve.Group // listeners, connections, shutdown
+
+	requests *budget.Budget // Options.Requests
 }
 
 // NewServer returns a server for f's exports (see ExportDir).
@@ -76,7 +90,8 @@ func NewServer(f *fs.FS, opts Options) *Server {
 	return &Server{
 		f: f, opts: opts, log: opts.Logger, exports: fsExports{f},
 		ctx: ctx, cancel: cancel,
-		group: netserve.Group{Name: "nbd", Log: opts.Logger},
+		group:    netserve.Group{Name: "nbd", Log: opts.Logger},
+		requests: opts.Requests,
 	}
 }
 

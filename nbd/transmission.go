@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -11,6 +12,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"zerofs/internal/budget"
+	"zerofs/internal/netserve"
 )
 
 // A connection after negotiation is served by one reader (this package's
@@ -25,6 +29,18 @@ import (
 // for requests it rejects, so a refused request never desynchronizes the
 // stream. Only a broken stream (bad magic, a read error mid-payload) closes
 // the connection.
+//
+// Requests belong to their connection (docs/durability.md, "Requests of a
+// connection that dies"). c.ctx is canceled the moment the connection is
+// known to be gone: the reader sees EOF or an error, a reply cannot be
+// written, or the kernel reports the peer closed or reset the socket while
+// the reader is not reading (netserve.WatchPeer: the reader stops reading
+// when the workers or the memory budgets are full). Every wait of a
+// request — for the connection's buffer budget, the server's request
+// budget, a worker, the filesystem's dirty-memory admission, the store —
+// takes c.ctx, so no request of a dead connection begins after that: it
+// could otherwise land after newer writes other connections made and
+// flushed to the same blocks.
 
 const (
 	readBufferSize  = 256 << 10
@@ -44,12 +60,17 @@ type conn struct {
 
 	dead atomic.Bool // the socket was closed on us or by us: drop replies
 
+	// ctx is the context of the connection's requests; cancel ends it with
+	// the reason (netserve.ErrPeerGone when the client went away).
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
 	// Transmission phase.
 	exp        export
 	sess       session
 	jobs       chan *job
 	replies    chan *reply
-	budget     *budget
+	budget     *budget.Budget
 	workers    sync.WaitGroup
 	writerDone chan struct{}
 }
@@ -57,7 +78,7 @@ type conn struct {
 // job is a request handed from the reader to a worker.
 type job struct {
 	req     request
-	payload []byte // WRITE data, from c.alloc
+	payload []byte // WRITE data, from c.allocPayload
 	start   time.Time
 }
 
@@ -69,14 +90,21 @@ type reply struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
+	ctx, cancel := context.WithCancelCause(s.ctx)
 	return &conn{
-		s:   s,
-		nc:  nc,
-		log: s.log.With("remote", nc.RemoteAddr().String()),
-		br:  bufio.NewReaderSize(nc, readBufferSize),
-		bw:  bufio.NewWriterSize(nc, writeBufferSize),
+		s:      s,
+		nc:     nc,
+		log:    s.log.With("remote", nc.RemoteAddr().String()),
+		br:     bufio.NewReaderSize(nc, readBufferSize),
+		bw:     bufio.NewWriterSize(nc, writeBufferSize),
+		ctx:    ctx,
+		cancel: cancel,
 	}
 }
+
+// gone records that the client is gone: requests of this connection that
+// have not begun never will.
+func (c *conn) gone() { c.cancel(netserve.ErrPeerGone) }
 
 // aLongTimeAgo is a deadline in the past: it makes blocked reads return.
 var aLongTimeAgo = time.Unix(1, 0)
@@ -112,6 +140,7 @@ func (c *conn) wasInterrupted() bool {
 // queued are dropped; the reader and writer see errors and wind down.
 func (c *conn) abort() {
 	c.dead.Store(true)
+	c.gone()
 	c.nc.Close()
 }
 
@@ -130,6 +159,7 @@ func (c *conn) Close() { c.nc.Close() }
 
 // Serve runs the connection: negotiation, then transmission.
 func (c *conn) Serve() {
+	defer c.cancel(nil)
 	defer c.nc.Close()
 	defer c.recoverBug("negotiation")
 	c.setDeadline(time.Now().Add(c.s.opts.HandshakeTimeout))
@@ -158,15 +188,21 @@ func (c *conn) transmit(n *negotiated) {
 	workers := c.s.opts.Workers
 	c.jobs = make(chan *job)
 	c.replies = make(chan *reply, 2*workers)
-	c.budget = newBudget(c.s.opts.ConnBufferBytes)
+	c.budget = budget.New(c.s.opts.ConnBufferBytes)
 	c.writerDone = make(chan struct{})
 	go c.writeLoop()
 	c.workers.Add(workers)
 	for range workers {
 		go c.workLoop()
 	}
+	// The watch ends at a soft disconnect: a client that sent NBD_CMD_DISC
+	// may close its side at once, and the requests it sent before are
+	// still to be done.
+	watch, unwatch := context.WithCancel(c.ctx)
+	netserve.WatchPeer(watch, c.nc, c.gone)
 
 	disc := c.readLoop()
+	unwatch()
 
 	close(c.jobs)
 	c.workers.Wait()
@@ -218,8 +254,10 @@ func (c *conn) readLoop() (disc bool) {
 				c.log.Debug("nbd: server shutting down: no more requests read")
 			case errors.Is(err, io.EOF), c.dead.Load(), errors.Is(err, net.ErrClosed):
 				c.log.Debug("nbd: client hung up without NBD_CMD_DISC", "err", err)
+				c.gone()
 			default:
 				c.log.Info("nbd: reading request failed; closing", "err", err)
+				c.gone()
 			}
 			return false
 		}
@@ -241,13 +279,17 @@ func (c *conn) readLoop() (disc bool) {
 		if v.payload > 0 {
 			if v.err != nil {
 				_, err = io.CopyN(io.Discard, c.br, int64(v.payload))
-			} else {
-				payload = c.alloc(int(v.payload))
+			} else if payload, err = c.allocPayload(int(v.payload)); err == nil {
+				// Waiting for memory above left the payload in the
+				// socket: TCP back-pressure, not buffering.
 				_, err = io.ReadFull(c.br, payload)
 			}
 			if err != nil {
 				if payload != nil {
-					c.free(payload)
+					c.freePayload(payload)
+				}
+				if c.ctx.Err() == nil && !c.wasInterrupted() {
+					c.gone()
 				}
 				// Replies to requests already read still go out (if
 				// the client is still there) before the close.
@@ -265,7 +307,15 @@ func (c *conn) readLoop() (disc bool) {
 			c.s.observe(cmdName(r.typ), int(r.length), time.Since(start), v.err)
 			continue
 		}
-		c.jobs <- &job{req: r, payload: payload, start: start}
+		select {
+		case c.jobs <- &job{req: r, payload: payload, start: start}:
+		case <-c.ctx.Done():
+			// Gone while every worker was busy: this request never began.
+			if payload != nil {
+				c.freePayload(payload)
+			}
+			return false
+		}
 	}
 }
 
@@ -279,6 +329,12 @@ func (c *conn) workLoop() {
 // run executes one job; a panic closes the connection but not the worker.
 func (c *conn) run(j *job) {
 	defer c.recoverBug(cmdName(j.req.typ))
+	if time.Since(j.start) > waitedLong && netserve.PeerGone(c.nc) {
+		// The request queued behind others: before it begins, ask the
+		// kernel once more whether the client is still there, rather
+		// than rely on the periodic watch.
+		c.gone()
+	}
 	err := c.exec(j)
 	c.s.observe(cmdName(j.req.typ), int(j.req.length), time.Since(j.start), err)
 }
@@ -367,16 +423,44 @@ func (c *conn) sendError(r request, e *reqError) {
 	c.send(&reply{parts: [][]byte{b}})
 }
 
-// alloc takes an n-byte payload buffer within the connection's budget,
-// waiting if the budget is exhausted.
-func (c *conn) alloc(n int) []byte {
-	c.budget.acquire(int64(n))
-	return getBuf(n)
+// waitedLong: a request older than this when a worker takes it was held
+// back, and its connection is checked before it begins.
+const waitedLong = time.Millisecond
+
+// alloc takes an n-byte buffer within the connection's budget, waiting if
+// the budget is exhausted (an error only if the connection is gone).
+func (c *conn) alloc(n int) ([]byte, error) {
+	if err := c.budget.Acquire(c.ctx, int64(n)); err != nil {
+		return nil, err
+	}
+	return getBuf(n), nil
 }
 
 // free returns a buffer from alloc (with its original length).
 func (c *conn) free(b []byte) {
 	n := len(b)
 	putBuf(b)
-	c.budget.release(int64(n))
+	c.budget.Release(int64(n))
+}
+
+// allocPayload takes a WRITE payload buffer: from the connection's budget,
+// and from the server's request budget that every connection of NBD and
+// NFS shares, which bounds the payloads read but not yet applied however
+// many clients connect (Options.Requests).
+func (c *conn) allocPayload(n int) ([]byte, error) {
+	b, err := c.alloc(n)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.s.requests.Acquire(c.ctx, int64(n)); err != nil {
+		c.free(b)
+		return nil, err
+	}
+	return b, nil
+}
+
+// freePayload returns a buffer from allocPayload.
+func (c *conn) freePayload(b []byte) {
+	c.s.requests.Release(int64(len(b)))
+	c.free(b)
 }

@@ -361,51 +361,6 @@ func TestBuffers(t *testing.T) {
 	}
 }
 
-func TestBudgetFIFO(t *testing.T) {
-	b := newBudget(100)
-	b.acquire(60)
-	order := make(chan int, 3)
-	var wg sync.WaitGroup
-	start := func(id int, n int64) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			b.acquire(n)
-			order <- id
-		}()
-		// Let it queue before the next one.
-		time.Sleep(20 * time.Millisecond)
-	}
-	start(1, 80)  // must wait
-	start(2, 10)  // would fit, but queues behind 1
-	start(3, 500) // clamped to the whole budget
-	select {
-	case id := <-order:
-		t.Fatalf("waiter %d ran before anything was released", id)
-	default:
-	}
-	b.release(60) // serves 1 (80), then 2 (10) behind it; 3 still waits
-	a, c := <-order, <-order
-	if a+c != 3 {
-		t.Fatalf("waiters %d and %d ran, want 1 and 2", a, c)
-	}
-	select {
-	case id := <-order:
-		t.Fatalf("waiter %d ran without room", id)
-	case <-time.After(20 * time.Millisecond):
-	}
-	b.release(80)
-	b.release(10)
-	if id := <-order; id != 3 {
-		t.Fatalf("waiter %d third, want 3", id)
-	}
-	b.release(500)
-	wg.Wait()
-	if b.avail != b.size {
-		t.Fatalf("avail %d after all releases, want %d", b.avail, b.size)
-	}
-}
-
 func TestValidateExportName(t *testing.T) {
 	for _, tc := range []struct {
 		name string

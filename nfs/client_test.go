@@ -2,6 +2,7 @@ package nfs
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -49,7 +50,7 @@ func (c *rpcClient) readLoop() {
 	defer close(c.done)
 	br := bufio.NewReader(c.nc)
 	for {
-		rec, err := readRecord(br)
+		rec, err := readRecord(context.Background(), br, nil)
 		if err != nil {
 			c.pmu.Lock()
 			c.err = err

@@ -4,6 +4,7 @@ package nfs
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -15,6 +16,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"zerofs/internal/budget"
+	"zerofs/internal/netserve"
 )
 
 // One TCP connection: a reader, a bounded set of workers, one writer.
@@ -31,11 +35,22 @@ import (
 // goroutine. The workers live as long as the connection: a goroutine per
 // request would grow a fresh stack to pebble's depth on every call, which
 // cost more than a GETATTR itself.
+//
+// Requests belong to their connection (docs/durability.md, "Requests of a
+// connection that dies"): c.ctx is canceled as soon as the connection is
+// known to be gone — EOF or an error on read, a failed reply write, or the
+// kernel reporting the peer closed while the reader is held back
+// (netserve.WatchPeer). Each record's bytes come from the request budget
+// shared with NBD (Options.Requests) before they are read: when it is full
+// the reader stops reading (TCP back-pressure) instead of buffering.
 
 type conn struct {
 	s      *Server
 	nc     net.Conn
 	remote netip.AddrPort
+
+	ctx    context.Context // the requests' context; see above
+	cancel context.CancelCauseFunc
 
 	jobs    chan []byte    // records, to the workers
 	workers sync.WaitGroup // running workers
@@ -48,8 +63,9 @@ type conn struct {
 }
 
 func newConn(s *Server, nc net.Conn, remote netip.AddrPort) *conn {
+	ctx, cancel := context.WithCancelCause(s.ctx)
 	return &conn{
-		s: s, nc: nc, remote: remote,
+		s: s, nc: nc, remote: remote, ctx: ctx, cancel: cancel,
 		jobs: make(chan []byte),
 		bw:   bufio.NewWriterSize(nc, 64<<10),
 	}
@@ -84,30 +100,60 @@ func (c *conn) Serve() {
 		close(c.jobs)
 		c.workers.Wait()
 		c.nc.Close()
+		c.cancel(nil)
 	}()
+	netserve.WatchPeer(c.ctx, c.nc, c.gone)
 
 	br := bufio.NewReaderSize(c.nc, 64<<10)
 	for {
-		rec, err := readRecord(br)
+		rec, err := readRecord(c.ctx, br, c.s.requests)
 		if err != nil {
 			switch {
 			case c.closing.Load() && errors.Is(err, os.ErrDeadlineExceeded):
-			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+				return // Shutdown: requests already read are answered
+			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), c.ctx.Err() != nil:
 			case errors.Is(err, errRecordTooLarge):
 				log.Warn("nfs: closing connection", "err", err)
 			default:
 				log.Debug("nfs: connection ended", "err", err)
 			}
+			c.gone()
 			return
 		}
-		c.jobs <- rec
+		select {
+		case c.jobs <- rec:
+		case <-c.ctx.Done():
+			// Gone while every worker was busy: this request never began.
+			c.freeRecord(rec)
+			return
+		}
 	}
 }
 
+// gone records that the client is gone: requests of this connection that
+// have not begun never will.
+func (c *conn) gone() { c.cancel(netserve.ErrPeerGone) }
+
+// freeRecord returns a record's buffer and its bytes of the request budget.
+func (c *conn) freeRecord(rec []byte) {
+	if c.s.requests != nil {
+		c.s.requests.Release(int64(len(rec)))
+	}
+	putBuf(rec)
+}
+
 // readRecord reads one RPC record, reassembling fragments, at most
-// maxRecord bytes in all. The buffer comes from the pool (putBuf it).
-func readRecord(br *bufio.Reader) ([]byte, error) {
-	var rec []byte
+// maxRecord bytes in all. The buffer comes from the pool; each fragment's
+// bytes are taken from b (if not nil) before they are read, waiting for
+// room with ctx. Release len(rec) to b and putBuf the record when done; on
+// error readRecord has returned everything itself.
+func readRecord(ctx context.Context, br *bufio.Reader, b *budget.Budget) (rec []byte, err error) {
+	taken := int64(0)
+	defer func() {
+		if err != nil && b != nil {
+			b.Release(taken)
+		}
+	}()
 	for {
 		var hdr [4]byte
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
@@ -125,6 +171,13 @@ func readRecord(br *bufio.Reader) ([]byte, error) {
 		if len(rec)+n > maxRecord {
 			putBuf(rec)
 			return nil, fmt.Errorf("%w: %d bytes (at most %d)", errRecordTooLarge, len(rec)+n, maxRecord)
+		}
+		if b != nil {
+			if err := b.Acquire(ctx, int64(n)); err != nil {
+				putBuf(rec)
+				return nil, err
+			}
+			taken += int64(n)
 		}
 		if rec == nil {
 			rec = getBuf(n)
@@ -158,9 +211,9 @@ func (c *conn) work() {
 
 // handle serves one request.
 func (c *conn) handle(rec []byte) {
-	defer putBuf(rec)
+	defer c.freeRecord(rec)
 	start := time.Now()
-	reply, name, err := c.s.dispatch(c.s.ctx, c.remote.Addr(), rec)
+	reply, name, err := c.s.dispatch(c.ctx, c.remote.Addr(), rec)
 	c.s.observe(name, start, err)
 	if reply != nil {
 		c.send(reply)
@@ -186,6 +239,7 @@ func (c *conn) send(reply []byte) {
 	}
 	if err != nil {
 		c.werr = err
+		c.gone()
 		c.nc.Close()
 		c.s.log.Debug("nfs: writing reply failed; closing the connection", "remote", c.remote.String(), "err", err)
 	}

@@ -196,6 +196,13 @@ func (s *Server) dispatch(ctx context.Context, remote netip.Addr, rec []byte) (r
 	startAccepted(w, h.xid, acceptSuccess)
 	c := &call{remote: remote, xid: h.xid, cred: cred, args: args, w: w}
 	err = s.run(ctx, p, c)
+	if err != nil && ctx.Err() != nil {
+		// The connection is gone (or the server is forced down): nobody
+		// is there to answer, and a request that failed for it did
+		// nothing, so the duplicate cache forgets it and a retransmission
+		// on a new connection runs it afresh.
+		err = errDrop
+	}
 	switch {
 	case errors.Is(err, errDrop):
 		putBuf(w.b)

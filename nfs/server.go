@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"zerofs/fs"
+	"zerofs/internal/budget"
 	"zerofs/internal/netserve"
 )
 
@@ -28,6 +29,11 @@ type Options struct {
 	// (default 16). A client with more outstanding requests waits for one
 	// to finish before the next is read: back-pressure, not buffering.
 	Workers int
+	// Requests bounds the bytes of requests read from all connections but
+	// not yet served; when it is full, readers stop reading their sockets
+	// (TCP back-pressure). Share one with the NBD server. Nil means a
+	// budget of DefaultRequestBytes for this server.
+	Requests *budget.Budget
 	// Observe, if set, is called after every request with the procedure
 	// (e.g. "nfs3.WRITE", "mount3.MNT"), how long it took and its outcome:
 	// nil, a Status for NFS error results, or an RPC-level error.
@@ -54,7 +60,12 @@ type Server struct {
 	group netserve.Group // listeners, connections, shutdown
 
 	mounts mountTable
+
+	requests *budget.Budget // Options.Requests
 }
+
+// DefaultRequestBytes is the request budget when Options.Requests is nil.
+const DefaultRequestBytes = 128 << 20
 
 // NewServer returns a server for f. It serves nothing until Serve.
 func NewServer(f *fs.FS, opts Options) *Server {
@@ -64,12 +75,16 @@ func NewServer(f *fs.FS, opts Options) *Server {
 	if opts.Workers <= 0 {
 		opts.Workers = defaultWorkers
 	}
+	if opts.Requests == nil {
+		opts.Requests = budget.New(DefaultRequestBytes)
+	}
 	s := &Server{
 		fs: f, opts: opts, log: opts.Logger,
-		fsid:    fsidOf(f.FSID()),
-		allowed: opts.AllowedNetworks,
-		drc:     newDRC(),
-		group:   netserve.Group{Name: "nfs", Log: opts.Logger},
+		fsid:     fsidOf(f.FSID()),
+		allowed:  opts.AllowedNetworks,
+		drc:      newDRC(),
+		requests: opts.Requests,
+		group:    netserve.Group{Name: "nfs", Log: opts.Logger},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s

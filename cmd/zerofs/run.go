@@ -19,6 +19,7 @@ import (
 	"zerofs/config"
 	"zerofs/frame"
 	"zerofs/fs"
+	"zerofs/internal/budget"
 	"zerofs/metrics"
 	"zerofs/nbd"
 	"zerofs/nfs"
@@ -99,6 +100,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	m.Watch(f)
 
+	// One request budget for both servers: it bounds what all their
+	// connections hold between reading a request and applying it.
+	requests := budget.New(int64(cfg.WAL.MaxRequestMB) << 20)
 	var (
 		wg       sync.WaitGroup
 		stoppers []func(context.Context) error
@@ -129,7 +133,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			cleanup()
 			return err
 		}
-		srv := nbd.NewServer(f, nbd.Options{Logger: log, Observe: m.ObserveNBD})
+		srv := nbd.NewServer(f, nbd.Options{Logger: log, Observe: m.ObserveNBD, Requests: requests})
 		stoppers = append(stoppers, srv.Shutdown)
 		wg.Add(1)
 		go func() {
@@ -151,7 +155,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return err
 		}
 		srv := nfs.NewServer(f, nfs.Options{Logger: log, AllowedNetworks: allowed,
-			RootSquash: cfg.Servers.NFS.RootSquash, Observe: m.ObserveNFS})
+			RootSquash: cfg.Servers.NFS.RootSquash, Observe: m.ObserveNFS, Requests: requests})
 		stoppers = append(stoppers, srv.Shutdown)
 		wg.Add(1)
 		go func() {
