@@ -14,41 +14,15 @@ import (
 	"time"
 
 	"zerofs/store"
+	"zerofs/store/faultstore"
 )
 
 const testObjKey = "keys/datakey"
 
-// hookStore wraps a real in-memory store and lets a test run code just
-// before PutIfAbsent or PutIfMatch, to stage races deterministically.
-type hookStore struct {
-	store.Store
-	beforePutIfAbsent func()
-	beforePutIfMatch  func()
-	getErr            error // if set, Get fails with it
-}
-
-func (h *hookStore) Get(ctx context.Context, key string, off, length int64) ([]byte, error) {
-	if h.getErr != nil {
-		return nil, h.getErr
-	}
-	return h.Store.Get(ctx, key, off, length)
-}
-
-func (h *hookStore) PutIfAbsent(ctx context.Context, key string, data []byte) (string, error) {
-	if h.beforePutIfAbsent != nil {
-		h.beforePutIfAbsent()
-	}
-	return h.Store.PutIfAbsent(ctx, key, data)
-}
-
-func (h *hookStore) PutIfMatch(ctx context.Context, key string, data []byte, etag string) (string, error) {
-	if h.beforePutIfMatch != nil {
-		h.beforePutIfMatch()
-	}
-	return h.Store.PutIfMatch(ctx, key, data, etag)
-}
-
-func newTestStore() *hookStore { return &hookStore{Store: store.NewMem()} }
+// newTestStore is an in-memory store wrapped so that a test can inject
+// faults, or run code just before a conditional put to stage a race
+// deterministically.
+func newTestStore() *faultstore.Store { return faultstore.New(store.NewMem()) }
 
 func mustNewKey(t testing.TB) *Key {
 	t.Helper()
@@ -314,34 +288,34 @@ func TestLoadOrCreateKey(t *testing.T) {
 
 	for _, tc := range []struct {
 		name     string
-		setup    func(st *hookStore)
+		setup    func(st *faultstore.Store)
 		password string
 		is       error
 		contains []string
 	}{
 		{
 			name:     "wrong password",
-			setup:    func(st *hookStore) { mustPut(t, st, mustWrap(t, mustNewKey(t), "right")) },
+			setup:    func(st *faultstore.Store) { mustPut(t, st, mustWrap(t, mustNewKey(t), "right")) },
 			password: "wrong",
 			is:       ErrWrongPassword,
 			contains: []string{"mem://keys/datakey", "encryption_password"},
 		},
 		{
 			name:     "corrupt file",
-			setup:    func(st *hookStore) { mustPut(t, st, []byte("ZFSKEY garbage")) },
+			setup:    func(st *faultstore.Store) { mustPut(t, st, []byte("ZFSKEY garbage")) },
 			password: "pw",
 			is:       ErrCorruptKeyFile,
 			contains: []string{"mem://keys/datakey", "backup"},
 		},
 		{
 			name:     "empty password",
-			setup:    func(st *hookStore) {},
+			setup:    func(st *faultstore.Store) {},
 			password: "",
 			is:       ErrEmptyPassword,
 		},
 		{
 			name:     "store error",
-			setup:    func(st *hookStore) { st.getErr = errors.New("connection reset") },
+			setup:    func(st *faultstore.Store) { st.Fail(faultstore.On(faultstore.OpGet), errors.New("connection reset")) },
 			password: "pw",
 			contains: []string{"mem://keys/datakey", "connection reset"},
 		},
@@ -383,10 +357,10 @@ func mustPut(t testing.TB, st store.Store, blob []byte) {
 func TestLoadOrCreateKeyLosesRace(t *testing.T) {
 	st := newTestStore()
 	winner := mustNewKey(t)
-	st.beforePutIfAbsent = func() {
-		st.beforePutIfAbsent = nil
-		mustPut(t, st.Store, mustWrap(t, winner, "pw"))
-	}
+	st.Before(faultstore.On(faultstore.OpPutIfAbsent).Times(1), func(faultstore.Op, string) error {
+		mustPut(t, st.Inner(), mustWrap(t, winner, "pw"))
+		return nil
+	})
 	k, created, err := LoadOrCreateKey(context.Background(), st, testObjKey, "pw", TestParams)
 	if err != nil {
 		t.Fatal(err)
@@ -436,7 +410,7 @@ func TestLoadOrCreateKeyConcurrent(t *testing.T) {
 
 func TestChangePassword(t *testing.T) {
 	ctx := context.Background()
-	setup := func(t *testing.T) (*hookStore, *Key) {
+	setup := func(t *testing.T) (*faultstore.Store, *Key) {
 		st := newTestStore()
 		k, _, err := LoadOrCreateKey(ctx, st, testObjKey, "old", TestParams)
 		if err != nil {
@@ -517,12 +491,13 @@ func TestChangePassword(t *testing.T) {
 		// Another process rewraps (same password, new salt) between our
 		// read and our write, once; the CAS must fail and the retry win.
 		var interfered int
-		st.beforePutIfMatch = func() {
+		st.Before(faultstore.On(faultstore.OpPutIfMatch), func(faultstore.Op, string) error {
 			if interfered == 0 {
-				mustPut(t, st.Store, mustWrap(t, k, "old"))
+				mustPut(t, st.Inner(), mustWrap(t, k, "old"))
 			}
 			interfered++
-		}
+			return nil
+		})
 		if err := ChangePassword(ctx, st, testObjKey, "old", "new", TestParams); err != nil {
 			t.Fatal(err)
 		}
@@ -536,7 +511,10 @@ func TestChangePassword(t *testing.T) {
 
 	t.Run("persistent contention gives up", func(t *testing.T) {
 		st, k := setup(t)
-		st.beforePutIfMatch = func() { mustPut(t, st.Store, mustWrap(t, k, "old")) }
+		st.Before(faultstore.On(faultstore.OpPutIfMatch), func(faultstore.Op, string) error {
+			mustPut(t, st.Inner(), mustWrap(t, k, "old"))
+			return nil
+		})
 		err := ChangePassword(ctx, st, testObjKey, "old", "new", TestParams)
 		if !errors.Is(err, store.ErrPrecondition) {
 			t.Fatalf("got %v, want ErrPrecondition", err)
@@ -547,12 +525,12 @@ func TestChangePassword(t *testing.T) {
 		st, _ := setup(t)
 		// Someone else changes old -> other first; our retry then finds
 		// the old password no longer opens the file.
-		st.beforePutIfMatch = func() {
-			st.beforePutIfMatch = nil
-			if err := ChangePassword(ctx, st.Store, testObjKey, "old", "other", TestParams); err != nil {
+		st.Before(faultstore.On(faultstore.OpPutIfMatch).Times(1), func(faultstore.Op, string) error {
+			if err := ChangePassword(ctx, st.Inner(), testObjKey, "old", "other", TestParams); err != nil {
 				t.Error(err)
 			}
-		}
+			return nil
+		})
 		err := ChangePassword(ctx, st, testObjKey, "old", "new", TestParams)
 		if !errors.Is(err, ErrWrongPassword) {
 			t.Fatalf("got %v, want ErrWrongPassword", err)

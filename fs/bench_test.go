@@ -5,13 +5,14 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"zerofs/internal/testutil"
 	"zerofs/store"
+	"zerofs/store/faultstore"
 	"zerofs/wal"
 )
 
@@ -33,7 +34,9 @@ import (
 func BenchmarkFlush(b *testing.B) {
 	for _, backend := range []string{"file", "s3"} {
 		b.Run(backend, func(b *testing.B) {
-			st := &timedPuts{Store: benchStore(b, backend)}
+			st := faultstore.New(benchStore(b, backend))
+			var lastWALPut atomic.Int64 // ns
+			timeWALPuts(st, &lastWALPut)
 			opts := testOptions(b, st, b.TempDir())
 			opts.ChunkSize = 64 << 10
 			opts.BatchAge = time.Hour // only flushes seal
@@ -72,7 +75,7 @@ func BenchmarkFlush(b *testing.B) {
 				t2 := time.Now()
 				putTimes = append(putTimes, t1.Sub(t0))
 				flushTimes = append(flushTimes, t2.Sub(t1))
-				walTimes = append(walTimes, st.last)
+				walTimes = append(walTimes, time.Duration(lastWALPut.Load()))
 			}
 			b.StopTimer()
 			put, flush, walPut := median(putTimes), median(flushTimes), median(walTimes)
@@ -134,20 +137,20 @@ func BenchmarkFlushConcurrent(b *testing.B) {
 	}
 }
 
-// timedPuts records how long the last WAL record PUT took.
-type timedPuts struct {
-	store.Store
-	last time.Duration
-}
-
-func (s *timedPuts) PutIfAbsent(ctx context.Context, key string, data []byte) (string, error) {
-	if !strings.HasPrefix(key, "wal/") {
-		return s.Store.PutIfAbsent(ctx, key, data)
-	}
-	t0 := time.Now()
-	etag, err := s.Store.PutIfAbsent(ctx, key, data)
-	s.last = time.Since(t0)
-	return etag, err
+// timeWALPuts records in last how long each WAL record PUT through st took.
+func timeWALPuts(st *faultstore.Store, last *atomic.Int64) {
+	var started sync.Map // key -> time.Time
+	walPuts := faultstore.On(faultstore.OpPutIfAbsent).Prefix("wal/")
+	st.Before(walPuts, func(_ faultstore.Op, key string) error {
+		started.Store(key, time.Now())
+		return nil
+	})
+	st.After(walPuts, func(_ faultstore.Op, key string, err error) error {
+		if t0, ok := started.LoadAndDelete(key); ok {
+			last.Store(int64(time.Since(t0.(time.Time))))
+		}
+		return err
+	})
 }
 
 func benchStore(b *testing.B, backend string) store.Store {

@@ -4,71 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"zerofs/cache"
 	"zerofs/store"
+	"zerofs/store/faultstore"
 )
-
-// downStore fails every request while down is set, as an unreachable store
-// does once its client's retries are exhausted.
-type downStore struct {
-	store.Store
-	down atomic.Bool
-}
-
-var errUnreachable = errors.New("store unreachable (injected)")
-
-func (s *downStore) check() error {
-	if s.down.Load() {
-		return errUnreachable
-	}
-	return nil
-}
-func (s *downStore) Get(ctx context.Context, k string, off, n int64) ([]byte, error) {
-	if err := s.check(); err != nil {
-		return nil, err
-	}
-	return s.Store.Get(ctx, k, off, n)
-}
-func (s *downStore) Put(ctx context.Context, k string, d []byte) (string, error) {
-	if err := s.check(); err != nil {
-		return "", err
-	}
-	return s.Store.Put(ctx, k, d)
-}
-func (s *downStore) PutIfAbsent(ctx context.Context, k string, d []byte) (string, error) {
-	if err := s.check(); err != nil {
-		return "", err
-	}
-	return s.Store.PutIfAbsent(ctx, k, d)
-}
-func (s *downStore) PutIfMatch(ctx context.Context, k string, d []byte, e string) (string, error) {
-	if err := s.check(); err != nil {
-		return "", err
-	}
-	return s.Store.PutIfMatch(ctx, k, d, e)
-}
-func (s *downStore) Head(ctx context.Context, k string) (store.Info, error) {
-	if err := s.check(); err != nil {
-		return store.Info{}, err
-	}
-	return s.Store.Head(ctx, k)
-}
-func (s *downStore) List(ctx context.Context, p string) ([]store.Info, error) {
-	if err := s.check(); err != nil {
-		return nil, err
-	}
-	return s.Store.List(ctx, p)
-}
-func (s *downStore) Delete(ctx context.Context, k string) error {
-	if err := s.check(); err != nil {
-		return err
-	}
-	return s.Store.Delete(ctx, k)
-}
 
 // TestStoreOutage: while the store is unreachable, flushes wait instead of
 // failing, writes go on until the memory bound and then wait, reads of
@@ -77,7 +19,7 @@ func (s *downStore) Delete(ctx context.Context, k string) error {
 // and nothing is lost.
 func TestStoreOutage(t *testing.T) {
 	ctx := context.Background()
-	st := &downStore{Store: store.NewMem()}
+	st := faultstore.New(store.NewMem())
 	opts := testOptions(t, st, t.TempDir())
 	opts.BatchBytes = 64 << 10
 	opts.MaxDirtyBytes = 256 << 10
@@ -93,7 +35,9 @@ func TestStoreOutage(t *testing.T) {
 	f.cache = cache.NewMemory(0) // "cold" now needs the store to be read
 	n := mustCreate(t, f, RootIno, "hot", TypeRegular|0o644)
 
-	st.down.Store(true)
+	// Every request fails, as an unreachable store's do once its client's
+	// retries are exhausted.
+	outage := st.Fail(faultstore.On(), nil)
 	// Writes are accepted until the memory bound, then wait.
 	writes := make(chan error, 1)
 	go func() {
@@ -129,7 +73,7 @@ func TestStoreOutage(t *testing.T) {
 		t.Fatalf("status during the outage: writable %v, store errors %d", s.Writable, s.StoreErrors)
 	}
 
-	st.down.Store(false) // the store comes back
+	outage.Remove() // the store comes back
 	for _, ch := range []chan error{writes, flushed} {
 		select {
 		case err := <-ch:

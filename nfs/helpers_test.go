@@ -7,19 +7,19 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"zerofs/crypt"
 	"zerofs/fs"
 	"zerofs/store"
+	"zerofs/store/faultstore"
 )
 
 // fixture is a filesystem on an in-memory store served on a loopback port.
 type fixture struct {
 	t    testing.TB
-	st   *gatedStore
+	st   *faultstore.Store
 	dir  string
 	fs   *fs.FS
 	srv  *Server
@@ -53,7 +53,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 func newFixture(t testing.TB, opts Options) *fixture {
 	t.Helper()
-	f := &fixture{t: t, st: &gatedStore{Store: store.NewMem()}, dir: t.TempDir(), opts: opts}
+	f := &fixture{t: t, st: faultstore.New(store.NewMem()), dir: t.TempDir(), opts: opts}
 	f.start()
 	t.Cleanup(f.stop)
 	return f
@@ -112,70 +112,13 @@ func (f *fixture) client(uid, gid uint32, groups ...uint32) *nfsClient {
 	return dialNFS(f.t, f.addr, uid, gid, groups...)
 }
 
-// gatedStore holds every write to the store while closed: a store outage,
-// or a slow store, on demand.
-type gatedStore struct {
-	store.Store
-	mu sync.Mutex
-	ch chan struct{} // nil while open
-}
-
-func gateStore(f *fixture) *gatedStore {
-	f.t.Cleanup(f.st.open) // before the fixture's stop, which flushes
-	return f.st
-}
-
-func (g *gatedStore) close() {
-	g.mu.Lock()
-	if g.ch == nil {
-		g.ch = make(chan struct{})
-	}
-	g.mu.Unlock()
-}
-
-func (g *gatedStore) open() {
-	g.mu.Lock()
-	if g.ch != nil {
-		close(g.ch)
-		g.ch = nil
-	}
-	g.mu.Unlock()
-}
-
-func (g *gatedStore) wait(ctx context.Context) error {
-	g.mu.Lock()
-	ch := g.ch
-	g.mu.Unlock()
-	if ch == nil {
-		return nil
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (g *gatedStore) Put(ctx context.Context, key string, data []byte) (string, error) {
-	if err := g.wait(ctx); err != nil {
-		return "", err
-	}
-	return g.Store.Put(ctx, key, data)
-}
-
-func (g *gatedStore) PutIfAbsent(ctx context.Context, key string, data []byte) (string, error) {
-	if err := g.wait(ctx); err != nil {
-		return "", err
-	}
-	return g.Store.PutIfAbsent(ctx, key, data)
-}
-
-func (g *gatedStore) PutIfMatch(ctx context.Context, key string, data []byte, etag string) (string, error) {
-	if err := g.wait(ctx); err != nil {
-		return "", err
-	}
-	return g.Store.PutIfMatch(ctx, key, data, etag)
+// holdWrites holds every write to the store until the gate is released: a
+// store outage, or a slow store, on demand. The test's cleanup releases it
+// before the fixture's stop, which flushes.
+func holdWrites(f *fixture) *faultstore.Gate {
+	g := f.st.Hold(faultstore.Puts())
+	f.t.Cleanup(g.Release)
+	return g
 }
 
 func mustPrefixes(t testing.TB, s ...string) []netip.Prefix {

@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"zerofs/store/faultstore"
 )
 
 // RPC-level behaviour: program, version and procedure dispatch, credentials,
@@ -305,8 +307,7 @@ func TestPipelining(t *testing.T) {
 	f := newFixture(t, Options{})
 	c := f.client(0, 0)
 	fh := c.mustCreate(c.root, "file")
-	gate := gateStore(f)
-	gate.close()
+	gate := holdWrites(f)
 	xid := c.xid.Add(1)
 	writeCh, err := c.send(xid, encodeCall(xid, progNFS, 3, 7, c.cred, opaqueAuth{},
 		encodeWrite(fh, 0, []byte("durable"), fileSync).b))
@@ -323,7 +324,7 @@ func TestPipelining(t *testing.T) {
 		t.Fatal("FILE_SYNC WRITE answered while its flush could not reach the store")
 	default:
 	}
-	gate.open()
+	gate.Release()
 	b, err := c.wait(writeCh)
 	if err != nil {
 		t.Fatal(err)
@@ -420,7 +421,6 @@ func TestAllowedNetworks(t *testing.T) {
 // retransmits to the next server) and closes the connections.
 func TestShutdown(t *testing.T) {
 	f := newFixture(t, Options{})
-	gate := gateStore(f)
 	serve := func() (*Server, string, chan error) {
 		srv := NewServer(f.fs, Options{Logger: testLogger(t)})
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -431,9 +431,9 @@ func TestShutdown(t *testing.T) {
 		go func() { done <- srv.Serve(ln) }()
 		return srv, ln.Addr().String(), done
 	}
-	heldCommit := func(c *nfsClient, fh []byte) chan []byte {
+	heldCommit := func(c *nfsClient, fh []byte) (chan []byte, *faultstore.Gate) {
 		c.mustWrite(fh, 0, []byte("data"))
-		gate.close()
+		gate := holdWrites(f)
 		xid := c.xid.Add(1)
 		var w xdrWriter
 		w.opaque(fh)
@@ -443,15 +443,20 @@ func TestShutdown(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if err := gate.WaitBlocked(ctx, 1); err != nil { // a write is held
+			t.Fatal(err)
+		}
 		time.Sleep(100 * time.Millisecond) // the COMMIT is waiting for the store
-		return ch
+		return ch, gate
 	}
 
 	t.Run("graceful", func(t *testing.T) {
 		srv, addr, done := serve()
 		c := dialNFS(t, addr, 0, 0)
 		fh := c.mustCreate(c.root, "graceful")
-		ch := heldCommit(c, fh)
+		ch, gate := heldCommit(c, fh)
 		shut := make(chan error, 1)
 		go func() { shut <- srv.Shutdown(context.Background()) }()
 		select {
@@ -462,7 +467,7 @@ func TestShutdown(t *testing.T) {
 		if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 			t.Error("still accepting connections during Shutdown")
 		}
-		gate.open()
+		gate.Release()
 		b, err := c.wait(ch)
 		if err != nil {
 			t.Fatalf("COMMIT in progress at Shutdown got no reply: %v", err)
@@ -482,7 +487,7 @@ func TestShutdown(t *testing.T) {
 		srv, addr, done := serve()
 		c := dialNFS(t, addr, 0, 0)
 		fh := c.mustCreate(c.root, "forced")
-		ch := heldCommit(c, fh)
+		ch, gate := heldCommit(c, fh)
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
 		if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
@@ -491,7 +496,7 @@ func TestShutdown(t *testing.T) {
 		if b, err := c.wait(ch); err == nil {
 			t.Fatalf("a COMMIT cut off by Shutdown was answered: %x", b)
 		}
-		gate.open()
+		gate.Release()
 		if err := <-done; err != nil {
 			t.Fatalf("Serve after Shutdown: %v", err)
 		}

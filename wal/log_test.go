@@ -9,45 +9,17 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"zerofs/store"
+	"zerofs/store/faultstore"
 )
 
-// faultStore wraps a store to delay and fail puts of WAL records.
-type faultStore struct {
-	store.Store
-	failPuts atomic.Int32 // fail this many record puts with a transient error
-	delay    func(key string) time.Duration
-	drop     func(key string) bool // silently lose this put (never lands), return an error
-}
-
-var errTransient = errors.New("injected transient error")
-
-func (s *faultStore) put(ctx context.Context, key string, do func() (string, error)) (string, error) {
-	if strings.HasPrefix(key, "wal/") {
-		if s.delay != nil {
-			select {
-			case <-time.After(s.delay(key)):
-			case <-ctx.Done():
-				return "", ctx.Err()
-			}
-		}
-		if s.drop != nil && s.drop(key) {
-			return "", errTransient
-		}
-		if s.failPuts.Load() > 0 {
-			s.failPuts.Add(-1)
-			return "", errTransient
-		}
-	}
-	return do()
-}
-
-func (s *faultStore) PutIfAbsent(ctx context.Context, key string, data []byte) (string, error) {
-	return s.put(ctx, key, func() (string, error) { return s.Store.PutIfAbsent(ctx, key, data) })
+// walPuts selects the puts of WAL records, the only calls the WAL tests
+// inject faults into.
+func walPuts() faultstore.Match {
+	return faultstore.On(faultstore.OpPutIfAbsent).Prefix("wal/")
 }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(discard{}, nil)) }
@@ -101,9 +73,8 @@ func appendMeta(t *testing.T, l *Log, meta string) *Commit {
 
 func TestAppendOrderedDurability(t *testing.T) {
 	// Puts complete in random order; acknowledgements must not.
-	st := &faultStore{Store: store.NewMem(), delay: func(string) time.Duration {
-		return time.Duration(rand.IntN(3000)) * time.Microsecond
-	}}
+	st := faultstore.New(store.NewMem())
+	st.Jitter(walPuts(), 3*time.Millisecond)
 	l := open(t, st)
 	if _, err := l.Replay(context.Background(), l.Head().Base, func(Record) error { return nil }); err != nil {
 		t.Fatal(err)
@@ -144,21 +115,14 @@ func TestReplayStopsAtGapAndSkipsStaleLeftovers(t *testing.T) {
 	// A writer crashes with records in flight: record 3 never lands, record 4
 	// (pipelined) does. 4 was never acknowledged, so it is not history.
 	mem := store.NewMem()
-	st := &faultStore{Store: mem}
+	st := faultstore.New(mem)
 	l := open(t, st)
 	l.Replay(context.Background(), l.Head().Base, func(Record) error { return nil }) // fence = record 1
 	appendMeta(t, l, "a").Wait(context.Background())                                 // record 2
-	var block sync.WaitGroup
-	block.Add(1)
-	st.delay = func(key string) time.Duration {
-		if key == Key(3) {
-			block.Wait() // never lands before the "crash"
-		}
-		return 0
-	}
+	block := st.Hold(walPuts().Key(Key(3)))                                          // never lands before the "crash"
 	c3 := appendMeta(t, l, "lost")
 	c4 := appendMeta(t, l, "stale")
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := mem.Head(context.Background(), Key(4)); err == nil {
 			break
@@ -174,13 +138,13 @@ func TestReplayStopsAtGapAndSkipsStaleLeftovers(t *testing.T) {
 	default:
 	}
 	// Crash: the writer stops; record 3 never lands.
-	st.drop = func(key string) bool { return key == Key(3) }
-	block.Done()
+	drop := st.Fail(walPuts().Key(Key(3)), nil)
+	block.Release()
 	l.Close()
 	if c3.Err() == nil || c4.Err() == nil {
 		t.Fatalf("commits after a hole succeeded: %v, %v", c3.Err(), c4.Err())
 	}
-	st.drop = nil
+	drop.Remove()
 
 	// The next writer replays up to 2 and fences at 3; the stale 4 is not
 	// history. Its next append lands on 4 and replaces the stale record.
@@ -269,9 +233,8 @@ func TestFencing(t *testing.T) {
 func TestFencingRace(t *testing.T) {
 	for round := 0; round < 20; round++ {
 		ctx := context.Background()
-		st := &faultStore{Store: store.NewMem(), delay: func(string) time.Duration {
-			return time.Duration(rand.IntN(300)) * time.Microsecond
-		}}
+		st := faultstore.New(store.NewMem())
+		st.Jitter(walPuts(), 300*time.Microsecond)
 		a := open(t, st)
 		a.Replay(ctx, a.Head().Base, func(Record) error { return nil })
 		var acked []string
@@ -447,16 +410,16 @@ func TestCorruptRecordIsReported(t *testing.T) {
 
 func TestAppendWaitsThroughOutage(t *testing.T) {
 	ctx := context.Background()
-	st := &faultStore{Store: store.NewMem()}
+	st := faultstore.New(store.NewMem())
 	l := open(t, st)
 	l.Replay(ctx, l.Head().Base, func(Record) error { return nil })
-	st.failPuts.Store(20) // the store fails for a while
+	st.Fail(walPuts().Times(20), nil) // the store fails for a while
 	c := appendMeta(t, l, "x")
 	if err := c.Wait(ctx); err != nil {
 		t.Fatalf("append through an outage: %v", err)
 	}
 	// A permanent outage: the append waits, and Close ends the wait.
-	st.failPuts.Store(1 << 30)
+	st.Fail(walPuts(), nil)
 	c = appendMeta(t, l, "y")
 	select {
 	case <-c.Done():
