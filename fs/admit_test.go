@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"zerofs/store"
+	"zerofs/store/faultstore"
 )
 
 // waitMemQueue waits until n mutations are queued for dirty memory. The
@@ -102,12 +103,12 @@ func TestWaitingWriteOfDeadConnection(t *testing.T) {
 
 func testWaitingWrite(t *testing.T, cancelA bool, round int) {
 	ctx := context.Background()
-	st := &downStore{Store: store.NewMem()}
+	st := faultstore.New(store.NewMem())
 	opts := testOptions(t, st, t.TempDir())
 	opts.BatchBytes = 256 << 10
 	opts.MaxDirtyBytes = 512 << 10
 	f := mustOpen(t, opts)
-	defer func() { st.down.Store(false); f.Close() }()
+	defer func() { st.Clear(); f.Close() }()
 	dev := mustCreate(t, f, RootIno, "dev", TypeRegular|0o644)
 	filler := mustCreate(t, f, RootIno, "filler", TypeRegular|0o644)
 	const x = 300 << 10 // block X
@@ -119,7 +120,9 @@ func testWaitingWrite(t *testing.T, cancelA bool, round int) {
 	// Applied too, so that no memory frees up during the outage below.
 	f.waitApplied()
 
-	st.down.Store(true)
+	// The store refuses every PUT (as chattr +i on a file store's staging
+	// directory does); GETs still work.
+	outage := st.Fail(faultstore.Puts(), nil)
 	fill := fillDirty(t, f, filler.Ino)
 
 	actx, killA := context.WithCancelCause(ctx)
@@ -152,7 +155,7 @@ func testWaitingWrite(t *testing.T, cancelA bool, round int) {
 		waitMemQueue(t, f, 3)
 	}
 
-	st.down.Store(false)
+	outage.Remove()
 	for what, ch := range map[string]chan error{"filler": fill, "B and its flush": bDone} {
 		select {
 		case err := <-ch:
@@ -186,15 +189,17 @@ func testWaitingWrite(t *testing.T, cancelA bool, round int) {
 // whose context ends leaves the queue without holding up the others.
 func TestAdmissionOrder(t *testing.T) {
 	ctx := context.Background()
-	st := &downStore{Store: store.NewMem()}
+	st := faultstore.New(store.NewMem())
 	opts := testOptions(t, st, t.TempDir())
 	opts.BatchBytes = 256 << 10
 	opts.MaxDirtyBytes = 512 << 10
 	f := mustOpen(t, opts)
-	defer func() { st.down.Store(false); f.Close() }()
+	defer func() { st.Clear(); f.Close() }()
 	n := mustCreate(t, f, RootIno, "f", TypeRegular|0o644)
 	filler := mustCreate(t, f, RootIno, "filler", TypeRegular|0o644)
-	st.down.Store(true)
+	// The store refuses every PUT (as chattr +i on a file store's staging
+	// directory does); GETs still work.
+	outage := st.Fail(faultstore.Puts(), nil)
 	fill := fillDirty(t, f, filler.Ino)
 
 	// Ten writers queue in order, each writing its number to the same
@@ -226,7 +231,7 @@ func TestAdmissionOrder(t *testing.T) {
 			waitMemQueue(t, f, i+2)
 		}
 	}
-	st.down.Store(false)
+	outage.Remove()
 	if err := <-fill; err != nil {
 		t.Fatal(err)
 	}

@@ -14,11 +14,16 @@ type Status struct {
 	Error          string `json:"error,omitempty"` // why it stopped accepting writes
 	DirtyBytes     int64  `json:"dirty_bytes"`     // data in batches not yet applied
 	OpenBatchBytes int64  `json:"open_batch_bytes"`
-	SealedBatches  int    `json:"sealed_batches"` // sealed, being written or applied
-	WALLastSeq     uint64 `json:"wal_last_seq"`   // newest durable WAL record
-	CheckpointSeq  uint64 `json:"checkpoint_seq"` // WAL records up to here are in the checkpoint
-	WALDepth       uint64 `json:"wal_depth"`      // records recovery would replay
-	ChunkSize      int    `json:"chunk_size"`
+	// MemoryWaiters: mutations waiting for dirty memory now (back-pressure:
+	// the store is slower than the writers, or down).
+	MemoryWaiters int `json:"memory_waiters"`
+	// MemoryWaits: mutations that had to wait for dirty memory since start.
+	MemoryWaits   int64  `json:"memory_waits"`
+	SealedBatches int    `json:"sealed_batches"` // sealed, being written or applied
+	WALLastSeq    uint64 `json:"wal_last_seq"`   // newest durable WAL record
+	CheckpointSeq uint64 `json:"checkpoint_seq"` // WAL records up to here are in the checkpoint
+	WALDepth      uint64 `json:"wal_depth"`      // records recovery would replay
+	ChunkSize     int    `json:"chunk_size"`
 
 	Cache     *cache.Stats     `json:"cache,omitempty"`
 	DiskCache *cache.DiskStats `json:"disk_cache,omitempty"`
@@ -40,7 +45,11 @@ func (f *FS) Status() Status {
 	sealed := len(f.sealed)
 	f.viewMu.RUnlock()
 	last, base := f.wal.Last().Seq, f.wal.Head().Base.Seq
+	f.memMu.Lock()
+	waiters := len(f.memQ)
+	f.memMu.Unlock()
 	s := Status{
+		MemoryWaiters: waiters, MemoryWaits: f.memWaits.Load(),
 		FSID: hex.EncodeToString(f.fsid[:]), Epoch: f.epoch, Writable: f.Err() == nil,
 		DirtyBytes: dirty, OpenBatchBytes: open, SealedBatches: sealed,
 		WALLastSeq: last, CheckpointSeq: base, ChunkSize: int(f.chunkSize),

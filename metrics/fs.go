@@ -13,6 +13,8 @@ var (
 	descEpoch      = prometheus.NewDesc("zerofs_epoch", "This writer's epoch (changes on every start).", nil, nil)
 	descWritable   = prometheus.NewDesc("zerofs_writable", "1 while the filesystem accepts writes, 0 once it stopped (fenced).", nil, nil)
 	descDirty      = prometheus.NewDesc("zerofs_dirty_bytes", "Data in batches not yet applied (open, sealing, in flight).", nil, nil)
+	descMemWaiters = prometheus.NewDesc("zerofs_memory_waiters", "Writes waiting for dirty memory now (back-pressure: the store is slower than the writers, or down).", nil, nil)
+	descMemWaits   = prometheus.NewDesc("zerofs_memory_waits_total", "Writes that had to wait for dirty memory.", nil, nil)
 	descOpenBatch  = prometheus.NewDesc("zerofs_open_batch_bytes", "Data in the open batch.", nil, nil)
 	descSealed     = prometheus.NewDesc("zerofs_sealed_batches", "Batches sealed and not yet applied.", nil, nil)
 	descWALDepth   = prometheus.NewDesc("zerofs_wal_depth_records", "WAL records after the checkpoint: what recovery would replay.", nil, nil)
@@ -31,7 +33,7 @@ var (
 )
 
 func (c *fsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descEpoch, descWritable, descDirty, descOpenBatch, descSealed, descWALDepth,
+	for _, d := range []*prometheus.Desc{descEpoch, descWritable, descDirty, descMemWaiters, descMemWaits, descOpenBatch, descSealed, descWALDepth,
 		descWALRecords, descWALBytes, descCommit, descCacheHits, descCacheMiss, descCacheBytes, descCacheCap,
 		descStoreGets, descStoreErr, descCorrupt, descGCDeleted, descGCPacked} {
 		ch <- d
@@ -53,6 +55,8 @@ func (c *fsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descWritable, w)
 	gauge(descDirty, float64(s.DirtyBytes))
+	gauge(descMemWaiters, float64(s.MemoryWaiters))
+	counter(descMemWaits, float64(s.MemoryWaits))
 	gauge(descOpenBatch, float64(s.OpenBatchBytes))
 	gauge(descSealed, float64(s.SealedBatches))
 	gauge(descWALDepth, float64(s.WALDepth))

@@ -96,6 +96,7 @@ func cmdStatus(args []string) error {
 	fmt.Fprintf(w, "filesystem\t%s\n", s.FSID)
 	fmt.Fprintf(w, "epoch\t%d\n", s.Epoch)
 	fmt.Fprintf(w, "bytes dirty\t%d (open batch %d)\n", s.DirtyBytes, s.OpenBatchBytes)
+	fmt.Fprintf(w, "writes waiting for memory\t%d now, %d since start\n", s.MemoryWaiters, s.MemoryWaits)
 	fmt.Fprintf(w, "batches in flight\t%d\n", s.SealedBatches)
 	fmt.Fprintf(w, "WAL\tlast record %d, checkpoint at %d, depth %d\n", s.WALLastSeq, s.CheckpointSeq, s.WALDepth)
 	if s.Cache != nil {

@@ -1,0 +1,162 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"zerofs/fs"
+	"zerofs/store"
+	"zerofs/store/faultstore"
+)
+
+// waitMemoryWaiters waits until n writes wait for dirty memory in f. The
+// bound only catches hangs.
+func waitMemoryWaiters(t *testing.T, f *fs.FS, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for f.Status().MemoryWaiters != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d writes wait for memory, want %d", f.Status().MemoryWaiters, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestDeadConnectionWriteNeverRevertsFlush is the reproduction of
+// docs/durability.md's "Requests of a connection that dies" over NBD:
+//
+//  1. block X is written and flushed;
+//  2. the store refuses every PUT; a second connection fills the dirty
+//     memory budget, so writes wait;
+//  3. a third connection sends WRITE A to X and dies while A waits;
+//  4. a fourth connection writes B to X; the store returns; B is
+//     acknowledged and the fourth connection flushes.
+//
+// B and its flush must succeed and X must read B — on a new connection, and
+// on a second instance that takes the bucket over as after kill -9 or the
+// loss of the machine (recovery from the bucket alone). Before connections
+// owned their requests, A was applied after B: flushed data reverted.
+func TestDeadConnectionWriteNeverRevertsFlush(t *testing.T) {
+	rounds := 20
+	if testing.Short() {
+		rounds = 3
+	}
+	for round := range rounds {
+		deadConnectionRound(t, round)
+	}
+}
+
+func deadConnectionRound(t *testing.T, round int) {
+	ctx := context.Background()
+	fst, err := store.Open(ctx, "file://"+t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := faultstore.New(fst)
+	opts := fsOptions(t, st, t.TempDir())
+	opts.BatchBytes = 1 << 20
+	opts.MaxDirtyBytes = 2 << 20
+	f, err := fs.Open(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { st.Clear(); f.Close() }()
+	const size, x = 64 << 20, 48 << 20
+	mustCreateExport(t, f, "dev", size)
+	srv, addr := startServer(t, f, Options{})
+	defer srv.Shutdown(ctx)
+	dial := func() *testClient {
+		t.Helper()
+		c, err := dialClient(addr, "dev", clientOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	blk := func(v byte) []byte { return bytes.Repeat([]byte{v}, 64<<10) }
+
+	c1 := dial()
+	if err := c1.Write(x, blk(0x11), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := c1.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c1.Close()
+
+	outage := st.Fail(faultstore.Puts(), nil)
+	// Connection 2 fills the dirty budget: one write larger than the whole
+	// budget is admitted (the bound is soft), and the next one waits.
+	c2 := dial()
+	defer c2.Close()
+	if err := c2.Write(0, bytes.Repeat([]byte{0xf2}, 4<<20), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.send(cmdWrite, 0, 4<<20, 4096, bytes.Repeat([]byte{0xf3}, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	waitMemoryWaiters(t, f, 1)
+	const waiting = 1
+	// Connection 3 sends WRITE A to X, which waits, and dies.
+	c3 := dial()
+	if _, err := c3.send(cmdWrite, 0, x, 64<<10, blk(0xaa)); err != nil {
+		t.Fatal(err)
+	}
+	waitMemoryWaiters(t, f, waiting+1)
+	c3.Close()
+	waitMemoryWaiters(t, f, waiting) // A left the queue without beginning
+	// Connection 4 writes B to X and flushes.
+	c4 := dial()
+	defer c4.Close()
+	bCookie, err := c4.send(cmdWrite, 0, x, 64<<10, blk(0xbb))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitMemoryWaiters(t, f, waiting+1)
+
+	outage.Remove()
+	// B's reply, then the FLUSH: a flush covers the writes completed
+	// before it (as the kernel sends them), not ones still waiting.
+	c4.nc.SetReadDeadline(time.Now().Add(60 * time.Second))
+	if res, cookie, err := c4.reply(0, 0); err != nil || res.errno != 0 || cookie != bCookie {
+		t.Fatalf("round %d: B: cookie %d errno %d err %v", round, cookie, res.errno, err)
+	}
+	if err := c4.Flush(); err != nil {
+		t.Fatalf("round %d: flush after B: %v", round, err)
+	}
+	c2.nc.SetReadDeadline(time.Now().Add(60 * time.Second))
+	if res, _, err := c2.reply(0, 0); err != nil || res.errno != 0 {
+		t.Fatalf("round %d: the waiting write of connection 2: errno %d err %v", round, res.errno, err)
+	}
+	c5 := dial()
+	got, err := c5.Read(x, 64<<10)
+	c5.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, blk(0xbb)) {
+		t.Fatalf("round %d: block X reads %#x..., want B (0xbb): the dead connection's write overtook a flushed one", round, got[0])
+	}
+
+	// A second instance takes the bucket over with empty local state, as
+	// after kill -9 and the loss of the machine; the first is fenced.
+	opts2 := fsOptions(t, st.Inner(), t.TempDir())
+	f2, err := fs.Open(ctx, opts2)
+	if err != nil {
+		t.Fatalf("round %d: take over: %v", round, err)
+	}
+	defer f2.Close()
+	dev, err := lookupExportFile(ctx, f2, "dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	if _, _, err := f2.Read(ctx, fs.Root, dev.Ino, x, buf); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf, blk(0xbb)) {
+		t.Fatalf("round %d: after takeover block X reads %#x..., want B (0xbb); old %+v new %+v", round, buf[0], f.Status(), f2.Status())
+	}
+}
