@@ -152,12 +152,12 @@ func TestGetattrSetattr(t *testing.T) {
 			}
 		}},
 		{"grow", sattrIn{size: u64(1 << 20)}, func(t *testing.T, b, a fattr) {
-			if a.size != 1<<20 || a.used != 1<<20 || a.mtime == b.mtime {
+			if a.size != 1<<20 || a.used != 0 || a.mtime == b.mtime { // sparse: nothing written
 				t.Fatalf("size %d used %d mtime %v->%v", a.size, a.used, b.mtime, a.mtime)
 			}
 		}},
 		{"shrink", sattrIn{size: u64(5000)}, func(t *testing.T, b, a fattr) {
-			if a.size != 5000 || a.used != 8192 {
+			if a.size != 5000 || a.used != 0 {
 				t.Fatalf("size %d used %d", a.size, a.used)
 			}
 		}},
@@ -972,6 +972,40 @@ func testSetattrOwnership(t *testing.T, squash bool) {
 	}
 	if st, _ := nobodyC.setattr(fh, sattrIn{atimeNow: true, mtimeNow: true}, nil); st != StatusOK {
 		t.Errorf("owner touch: %v", st)
+	}
+}
+
+// TestUsedSparse: fattr3 used is the data a file holds, not its size: a
+// 2 TiB file with 1 MiB written uses 1 MiB, also after a restart.
+func TestUsedSparse(t *testing.T) {
+	f := newFixture(t, Options{})
+	c := f.client(0, 0)
+	fh := c.mustCreate(c.root, "dev")
+	const size, mib = 2 << 40, 1 << 20
+	if st, _ := c.setattr(fh, sattrIn{size: u64(size)}, nil); st != StatusOK {
+		t.Fatal(st)
+	}
+	if _, a := c.getattr(fh); a.size != size || a.used != 0 {
+		t.Fatalf("untouched: size %d used %d", a.size, a.used)
+	}
+	data := bytes.Repeat([]byte{7}, mib)
+	if st, _ := c.write(fh, 1<<40, data, fileSync); st != StatusOK {
+		t.Fatal(st)
+	}
+	// used counts applied data, which follows the durable write shortly.
+	var a fattr
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if _, a = c.getattr(fh); a.used == mib {
+			break
+		}
+	}
+	if a.size != size || a.used != mib {
+		t.Fatalf("1 MiB written: size %d used %d", a.size, a.used)
+	}
+	f.restart()
+	c = f.client(0, 0)
+	if _, a := c.getattr(fh); a.size != size || a.used != mib {
+		t.Fatalf("after restart: size %d used %d", a.size, a.used)
 	}
 }
 
