@@ -12,8 +12,8 @@ import (
 // Used bytes: how much of a file holds data, for NFS fattr3 "used" (du,
 // st_blocks). It is the sum of the lengths of the file's chunk pieces —
 // the bytes written and not punched — not its size: a 2 TiB device never
-// written uses nothing. Chunks whose data was all zeros at seal time are
-// stored as holes and count nothing either. The count is of logical bytes
+// written uses nothing. Spans written as zeros are stored as holes
+// (prepareChunk) and count nothing either. The count is of logical bytes
 // (before compression and encryption, without frame overhead), exact at
 // byte granularity.
 //
