@@ -65,6 +65,7 @@ func (f *FS) apply(d *delta, pos wal.Position, dataOff, recSize int64) error {
 	pb := f.db.NewIndexedBatch()
 	defer pb.Close()
 	acct := make(map[ObjRef]int64)
+	used := make(map[uint64]int64) // per-inode change of used bytes (used.go)
 	if d != nil {
 		for _, it := range d.kv {
 			var err error
@@ -78,7 +79,7 @@ func (f *FS) apply(d *delta, pos wal.Position, dataOff, recSize int64) error {
 			}
 		}
 		for _, r := range d.ranges {
-			if err := f.applyPunch(pb, r, acct); err != nil {
+			if err := f.applyPunch(pb, r, acct, used); err != nil {
 				return fmt.Errorf("apply record %d: %w", pos.Seq, err)
 			}
 		}
@@ -93,6 +94,7 @@ func (f *FS) apply(d *delta, pos wal.Position, dataOff, recSize int64) error {
 			for _, p := range old {
 				acct[p.Frame.Obj] -= int64(p.Len)
 			}
+			used[c.ino] += piecesLen(c.pieces) - piecesLen(old)
 			for i := range c.pieces {
 				p := &c.pieces[i]
 				if p.Frame.Obj.Kind == objSelf {
@@ -113,6 +115,9 @@ func (f *FS) apply(d *delta, pos wal.Position, dataOff, recSize int64) error {
 			if err != nil {
 				return fmt.Errorf("apply record %d: %w", pos.Seq, err)
 			}
+		}
+		if err := f.applyUsed(pb, used, pos.Seq); err != nil {
+			return fmt.Errorf("apply record %d: %w", pos.Seq, err)
 		}
 		if selfRaw > 0 {
 			self := ObjRef{Kind: ObjWAL, ID: pos.Seq}
@@ -166,10 +171,10 @@ func (f *FS) apply(d *delta, pos wal.Position, dataOff, recSize int64) error {
 }
 
 // applyPunch deletes chunk range r, subtracting the pieces it held from their
-// objects' live bytes. Its cost grows with the chunks that exist in the
+// objects' live bytes and from the file's used bytes. Its cost grows with the chunks that exist in the
 // range, not with the range: punching a 2 TiB device that was never written
 // is one range deletion.
-func (f *FS) applyPunch(pb *pebble.Batch, r chunkRange, acct map[ObjRef]int64) error {
+func (f *FS) applyPunch(pb *pebble.Batch, r chunkRange, acct map[ObjRef]int64, used map[uint64]int64) error {
 	start, end := chunkRangeKeys(r.ino, r.from, r.to)
 	it, err := pb.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: end})
 	if err != nil {
@@ -186,6 +191,7 @@ func (f *FS) applyPunch(pb *pebble.Batch, r chunkRange, acct map[ObjRef]int64) e
 		for _, p := range pieces {
 			acct[p.Frame.Obj] -= int64(p.Len)
 		}
+		used[r.ino] -= piecesLen(pieces)
 		if n++; n%(1<<20) == 0 {
 			f.log.Info("releasing a large trimmed or removed range", "inode", r.ino, "chunks", n,
 				"elapsed", time.Since(started).Round(time.Millisecond))

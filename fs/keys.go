@@ -16,6 +16,8 @@ import (
 //	                                 resumable order, unaffected by other entries)
 //	kindChunk  ino index             a file chunk's pieces
 //	kindObject object kind, id       a data object's size and live bytes (GC)
+//	kindUsed   ino                   bytes a file's chunk pieces map (NFS "used"),
+//	                                 absent when zero; see used.go
 const (
 	kindMeta   byte = 0x01
 	kindInode  byte = 0x02
@@ -23,6 +25,7 @@ const (
 	kindCookie byte = 0x04
 	kindChunk  byte = 0x05
 	kindObject byte = 0x06
+	kindUsed   byte = 0x07
 )
 
 func metaKey(name string) []byte { return append([]byte{kindMeta}, name...) }
@@ -76,6 +79,13 @@ func chunkRangeKeys(ino, from, to uint64) (start, end []byte) {
 		return start, append(chunkKey(ino, math.MaxUint64), 0)
 	}
 	return start, chunkKey(ino, to)
+}
+
+func usedKey(ino uint64) []byte {
+	k := make([]byte, 9)
+	k[0] = kindUsed
+	binary.BigEndian.PutUint64(k[1:], ino)
+	return k
 }
 
 func objectKey(o ObjRef) []byte {

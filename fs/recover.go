@@ -93,6 +93,9 @@ func (f *FS) recover(ctx context.Context) error {
 	if err := os.WriteFile(idFile, []byte(want), 0o600); err != nil {
 		return err
 	}
+	if err := f.ensureUsed(); err != nil {
+		return err
+	}
 
 	last, err := f.wal.Replay(ctx, pos, f.replayRecord)
 	if err != nil {

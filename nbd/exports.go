@@ -30,6 +30,14 @@ import (
 //   - There is no default export: the empty name is unknown (NBD_REP_ERR_UNKNOWN,
 //     or a closed connection for NBD_OPT_EXPORT_NAME). Attaching the wrong
 //     block device because a name was forgotten is worse than an error.
+//   - CreateExport and ResizeExport (and so the admin API and `zerofs nbd
+//     create/resize`, which call them) take only sizes that are a multiple
+//     of ExportSizeUnit (4096): Linux's nbd driver, with the block size
+//     nbd-client -b 4096 and most tools set, makes the device
+//     size/4096*4096 bytes and silently drops the tail. A file in /.nbd
+//     truncated over NFS to any other size is still served: the server
+//     advertises its exact size and minimum block size 1, and a client
+//     using 4096-byte blocks sees it rounded down.
 
 // ExportDir is the directory, under the filesystem root, that holds exports.
 const ExportDir = ".nbd"
@@ -59,6 +67,46 @@ func ValidateExportName(name string) error {
 		return fmt.Errorf("export name %q contains '/' or NUL: %w", name, fs.ErrInvalid)
 	}
 	return nil
+}
+
+// ExportSizeUnit is what export sizes must be a multiple of: the 4 KiB
+// block size of Linux's nbd devices (nbd-client -b 4096, the preferred block
+// size this server advertises).
+const ExportSizeUnit = 4096
+
+// ValidateExportSize checks that size can be an export's size given to
+// CreateExport or ResizeExport: a multiple of ExportSizeUnit, at most
+// fs.MaxFileSize. The error names the nearest valid sizes and wraps
+// fs.ErrInvalid, or fs.ErrFileTooBig for a size over the maximum.
+func ValidateExportSize(size uint64) error {
+	if size > fs.MaxFileSize {
+		return fmt.Errorf("size %d exceeds the maximum %d: %w", size, uint64(fs.MaxFileSize), fs.ErrFileTooBig)
+	}
+	if size%ExportSizeUnit == 0 {
+		return nil
+	}
+	down := size &^ (ExportSizeUnit - 1)
+	up := down + ExportSizeUnit // fs.MaxFileSize is a multiple: up is valid
+	use := fmt.Sprintf("use %d (%s) or %d (%s)", down, human(down), up, human(up))
+	if down == 0 {
+		use = fmt.Sprintf("use %d (%s)", up, human(up))
+	}
+	return fmt.Errorf("size %d is not a multiple of %d bytes (Linux's nbd devices use 4096-byte blocks and would drop the last %d bytes): %s: %w",
+		size, ExportSizeUnit, size-down, use, fs.ErrInvalid)
+}
+
+// human writes a byte count the way --size takes it when it is exact in a
+// binary unit (64M), else in bytes.
+func human(n uint64) string {
+	for _, u := range []struct {
+		shift uint
+		name  string
+	}{{50, "P"}, {40, "T"}, {30, "G"}, {20, "M"}, {10, "K"}} {
+		if n >= 1<<u.shift && n&(1<<u.shift-1) == 0 {
+			return fmt.Sprintf("%d%s", n>>u.shift, u.name)
+		}
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // ListExports lists the exports in name order (the directory's listing
@@ -101,15 +149,15 @@ func ListExports(ctx context.Context, f *fs.FS) ([]ExportInfo, error) {
 	return out, nil
 }
 
-// CreateExport creates export name of size bytes: a 0644 file in /.nbd,
-// creating the 0755 directory if missing. It fails with an error wrapping
+// CreateExport creates export name of size bytes (see ValidateExportSize): a
+// 0644 file in /.nbd, creating the 0755 directory if missing. It fails with an error wrapping
 // fs.ErrExist if the export exists. The export is durable when it returns.
 func CreateExport(ctx context.Context, f *fs.FS, name string, size uint64) error {
 	if err := ValidateExportName(name); err != nil {
 		return fmt.Errorf("create export: %w", err)
 	}
-	if size > fs.MaxFileSize {
-		return fmt.Errorf("create export %q: size %d exceeds the maximum %d: %w", name, size, uint64(fs.MaxFileSize), fs.ErrFileTooBig)
+	if err := ValidateExportSize(size); err != nil {
+		return fmt.Errorf("create export %q: %w", name, err)
 	}
 	dir, err := ensureExportDir(ctx, f)
 	if err != nil {
@@ -162,14 +210,15 @@ func ensureExportDir(ctx context.Context, f *fs.FS) (uint64, error) {
 	return 0, fmt.Errorf("create /%s: it keeps appearing and disappearing: %w", ExportDir, fs.ErrIO)
 }
 
-// ResizeExport sets export name's size. Connected clients keep the size
-// they negotiated (see the package rules above). Durable when it returns.
+// ResizeExport sets export name's size (see ValidateExportSize). Connected
+// clients keep the size they negotiated (see the package rules above).
+// Durable when it returns.
 func ResizeExport(ctx context.Context, f *fs.FS, name string, size uint64) error {
 	if err := ValidateExportName(name); err != nil {
 		return fmt.Errorf("resize export: %w", err)
 	}
-	if size > fs.MaxFileSize {
-		return fmt.Errorf("resize export %q: size %d exceeds the maximum %d: %w", name, size, uint64(fs.MaxFileSize), fs.ErrFileTooBig)
+	if err := ValidateExportSize(size); err != nil {
+		return fmt.Errorf("resize export %q: %w", name, err)
 	}
 	n, err := lookupExportFile(ctx, f, name)
 	if err != nil {

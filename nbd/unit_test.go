@@ -393,15 +393,15 @@ func TestExportManagement(t *testing.T) {
 	if exps, err := ListExports(ctx, f); err != nil || len(exps) != 0 {
 		t.Fatalf("fresh filesystem: %v %v", exps, err)
 	}
-	if err := ResizeExport(ctx, f, "a", 1); !errors.Is(err, fs.ErrNotExist) {
+	if err := ResizeExport(ctx, f, "a", 4096); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("resize before /.nbd exists: %v", err)
 	}
 	mustCreateExport(t, f, "a", 1<<20)
 	mustCreateExport(t, f, "b", 0)
-	if err := CreateExport(ctx, f, "a", 5); !errors.Is(err, fs.ErrExist) || !strings.Contains(err.Error(), "already exists") {
+	if err := CreateExport(ctx, f, "a", 4096); !errors.Is(err, fs.ErrExist) || !strings.Contains(err.Error(), "already exists") {
 		t.Fatalf("creating an existing export: %v", err)
 	}
-	if err := CreateExport(ctx, f, "bad/name", 5); !errors.Is(err, fs.ErrInvalid) {
+	if err := CreateExport(ctx, f, "bad/name", 4096); !errors.Is(err, fs.ErrInvalid) {
 		t.Fatalf("bad name: %v", err)
 	}
 	if err := CreateExport(ctx, f, "huge", fs.MaxFileSize+1); !errors.Is(err, fs.ErrFileTooBig) {
@@ -447,6 +447,64 @@ func TestExportManagement(t *testing.T) {
 	}
 	if _, err := (fsExports{f}).lookup(ctx, ""); err == nil {
 		t.Fatal("the empty (default) export name resolved")
+	}
+}
+
+// TestExportSizes: export sizes must be multiples of 4096, and the error
+// names the nearest valid sizes; CreateExport and ResizeExport (what the
+// admin API and the CLI call) both enforce it.
+func TestExportSizes(t *testing.T) {
+	cases := []struct {
+		name string
+		size uint64
+		err  error    // nil: valid
+		want []string // in the error
+	}{
+		{"zero", 0, nil, nil},
+		{"one block", 4096, nil, nil},
+		{"64 MiB", 64 << 20, nil, nil},
+		{"the maximum", fs.MaxFileSize, nil, nil},
+		{"one byte", 1, fs.ErrInvalid, []string{"not a multiple of 4096", "use 4096 (4K)"}},
+		{"1000001", 1000001, fs.ErrInvalid, []string{"not a multiple of 4096", "drop the last 577 bytes", "use 999424 (976K) or 1003520 (980K)"}},
+		{"1 GiB plus a sector", 1<<30 + 512, fs.ErrInvalid, []string{"use 1073741824 (1G) or 1073745920 (1048580K)"}},
+		{"just under the maximum", fs.MaxFileSize - 1, fs.ErrInvalid, []string{fmt.Sprintf("or %d (1P)", uint64(fs.MaxFileSize))}},
+		{"over the maximum", fs.MaxFileSize + 4096, fs.ErrFileTooBig, []string{"exceeds the maximum"}},
+	}
+	ctx := context.Background()
+	f := openTestFS(t)
+	mustCreateExport(t, f, "existing", 4096)
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			check := func(what string, err error) {
+				t.Helper()
+				if tc.err == nil {
+					if err != nil {
+						t.Fatalf("%s: %v", what, err)
+					}
+					return
+				}
+				if !errors.Is(err, tc.err) {
+					t.Fatalf("%s: %v, want %v", what, err, tc.err)
+				}
+				for _, w := range tc.want {
+					if !strings.Contains(err.Error(), w) {
+						t.Fatalf("%s: %q does not say %q", what, err, w)
+					}
+				}
+			}
+			check("ValidateExportSize", ValidateExportSize(tc.size))
+			if tc.size > 1<<30 && tc.err == nil {
+				return // valid, and not worth a file
+			}
+			name := fmt.Sprintf("d%d", i)
+			check("CreateExport", CreateExport(ctx, f, name, tc.size))
+			if tc.err != nil {
+				if _, err := lookupExportFile(ctx, f, name); !errors.Is(err, fs.ErrNotExist) {
+					t.Fatalf("a refused create left an export: %v", err)
+				}
+			}
+			check("ResizeExport", ResizeExport(ctx, f, "existing", tc.size))
+		})
 	}
 }
 

@@ -41,19 +41,6 @@ func ftypeOf(mode uint32) uint32 {
 // fattr3Size is the encoded size of an fattr3.
 const fattr3Size = 84
 
-// usedUnit: "used" in fattr3 is the file's size rounded up to 4 KiB. fs does
-// not track allocated bytes per file (holes, compression and deduplicated
-// frames make "allocated" a fuzzy notion in an object store), and du(1)
-// showing the size in blocks is what users expect of a file they wrote.
-const usedUnit = 4096
-
-func usedBytes(size uint64) uint64 {
-	if size > math.MaxUint64-(usedUnit-1) {
-		return size
-	}
-	return (size + usedUnit - 1) &^ (usedUnit - 1)
-}
-
 // putFattr writes n's attributes as an fattr3.
 func (s *Server) putFattr(w *xdrWriter, n *fs.Inode) {
 	w.uint32(ftypeOf(n.Mode))
@@ -62,7 +49,9 @@ func (s *Server) putFattr(w *xdrWriter, n *fs.Inode) {
 	w.uint32(n.Uid)
 	w.uint32(n.Gid)
 	w.uint64(n.Size)
-	w.uint64(usedBytes(n.Size))
+	// used: the bytes the file's data takes, not its size (fs.UsedBytes:
+	// one counter lookup), so du(1) shows a sparse device as what it holds.
+	w.uint64(s.fs.UsedBytes(n))
 	var major, minor uint32
 	if t := n.Mode & fs.TypeMask; t == fs.TypeChar || t == fs.TypeBlock {
 		major, minor = devMajor(n.Rdev), devMinor(n.Rdev)

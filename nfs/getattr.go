@@ -19,13 +19,16 @@ func (s *Server) getattr(ctx context.Context, c *call, a *fhArgs) error {
 	return nil
 }
 
-// ownerOverride reports whether a data operation refused by the mode bits
+// ownerOverride reports whether a READ or WRITE refused by the mode bits
 // should be retried as root because the caller owns the file. knfsd does
 // this (NFSD_MAY_OWNER_OVERRIDE) for READ, WRITE and truncation: the client
 // checked permissions when the file was opened, and a process may keep
 // writing a file it created read-only (open(O_CREAT|O_WRONLY, 0444), as git
 // does for its objects) or truncate it through that descriptor. ACCESS stays
-// strict, so open(2) on the client still enforces the bits.
+// strict, so open(2) on the client still enforces the bits. Truncation does
+// not retry: SETATTR asks fs for the override itself
+// (fs.SetAttrs.OwnerOverride), which checks ownership under the inode's
+// lock and applies no other rule differently.
 func ownerOverride(c *fs.Cred, n *fs.Inode, err error) bool {
 	return errors.Is(err, fs.ErrAccess) && c.Uid == n.Uid
 }
@@ -53,14 +56,11 @@ func (s *Server) setattr(ctx context.Context, c *call, a *setattrArgs) error {
 		s.putWcc(c.w, &n, &n)
 		return st
 	}
+	// The owner may truncate a file its mode bits make read-only for them
+	// (see ownerOverride). fs decides that under the inode's lock, with
+	// every other SETATTR rule unchanged (fs/perm.go).
+	sa.OwnerOverride = true
 	before, after, err := s.fs.SetAttr(ctx, c.cred, n.Ino, sa)
-	if err != nil && sa.Size != nil && sa.Mode == nil && sa.Uid == nil && sa.Gid == nil && ownerOverride(c.cred, &n, err) {
-		// Truncation by the owner of a file its mode bits make read-only
-		// for them. Mode and ownership changes never take this path, so
-		// root's powers are used for nothing but the size (and the times
-		// the owner may set anyway).
-		before, after, err = s.fs.SetAttr(ctx, fs.Root, n.Ino, sa)
-	}
 	if err != nil {
 		s.logFailure(c, "SETATTR", err)
 		pre := &n

@@ -127,10 +127,8 @@ func (s *Server) makeNode(ctx context.Context, c *call, op string, nn newNode) e
 		rest.Size = nil
 	}
 	if rest != (fs.SetAttrs{}) {
+		rest.OwnerOverride = true // as SETATTR: the owner may truncate
 		_, after, err := s.fs.SetAttr(ctx, c.cred, n.Ino, rest)
-		if err != nil && rest.Size != nil && rest.Uid == nil && rest.Gid == nil && ownerOverride(c.cred, &n, err) {
-			_, after, err = s.fs.SetAttr(ctx, fs.Root, n.Ino, rest)
-		}
 		if err != nil {
 			// The node exists now; the client learns that the call failed
 			// and will look it up again if it retries (knfsd does the same).

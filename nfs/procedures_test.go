@@ -2,11 +2,14 @@ package nfs
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"zerofs/fs"
 )
 
 // The NFSv3 procedures, one by one, through the wire.
@@ -149,12 +152,12 @@ func TestGetattrSetattr(t *testing.T) {
 			}
 		}},
 		{"grow", sattrIn{size: u64(1 << 20)}, func(t *testing.T, b, a fattr) {
-			if a.size != 1<<20 || a.used != 1<<20 || a.mtime == b.mtime {
+			if a.size != 1<<20 || a.used != 0 || a.mtime == b.mtime { // sparse: nothing written
 				t.Fatalf("size %d used %d mtime %v->%v", a.size, a.used, b.mtime, a.mtime)
 			}
 		}},
 		{"shrink", sattrIn{size: u64(5000)}, func(t *testing.T, b, a fattr) {
-			if a.size != 5000 || a.used != 8192 {
+			if a.size != 5000 || a.used != 0 {
 				t.Fatalf("size %d used %d", a.size, a.used)
 			}
 		}},
@@ -853,6 +856,156 @@ func TestRootSquash(t *testing.T) {
 	}
 	if st, got := c.access(c.root, access3Modify|access3Read); st != StatusOK || got != access3Read {
 		t.Fatalf("ACCESS for squashed root: %#x", got)
+	}
+}
+
+// TestSetattrOwnership runs pjdfstest chown/07's cases over NFS, with and
+// without root_squash: a chown naming the file's current owner and group is
+// still a chown, which only root may do (EPERM for anyone else, not a
+// silent no-op), and the permission errors keep their NFS codes (EPERM is
+// NFS3ERR_PERM, EACCES NFS3ERR_ACCES).
+func TestSetattrOwnership(t *testing.T) {
+	for _, squash := range []bool{false, true} {
+		t.Run(fmt.Sprintf("root_squash=%v", squash), func(t *testing.T) {
+			testSetattrOwnership(t, squash)
+		})
+	}
+}
+
+func testSetattrOwnership(t *testing.T, squash bool) {
+	ctx := context.Background()
+	f := newFixture(t, Options{RootSquash: squash})
+	const nb, other = 65534, 65533 // pjdfstest's users, nobody among them
+	// The tree, made as root through fs (a squashed client could not):
+	// /d owned by nobody, and in it one node of each type owned by nobody.
+	mk := func(dir uint64, name string, nn fs.NewNode) uint64 {
+		t.Helper()
+		n, _, err := f.fs.Create(ctx, fs.Root, dir, name, nn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		uid, gid := uint32(nb), uint32(nb)
+		if _, _, err := f.fs.SetAttr(ctx, fs.Root, n.Ino, fs.SetAttrs{Uid: &uid, Gid: &gid}); err != nil {
+			t.Fatal(err)
+		}
+		return n.Ino
+	}
+	d := mk(fs.RootIno, "d", fs.NewNode{Mode: fs.TypeDir | 0o755})
+	types := []struct {
+		name string
+		node fs.NewNode
+	}{
+		{"regular", fs.NewNode{Mode: fs.TypeRegular | 0o644}},
+		{"dir", fs.NewNode{Mode: fs.TypeDir | 0o755}},
+		{"fifo", fs.NewNode{Mode: fs.TypeFIFO | 0o644}},
+		{"socket", fs.NewNode{Mode: fs.TypeSocket | 0o644}},
+		{"symlink", fs.NewNode{Mode: fs.TypeSymlink | 0o777, Target: "regular"}},
+	}
+	for _, ty := range types {
+		mk(d, ty.name, ty.node)
+	}
+
+	nobodyC := f.client(nb, nb)
+	otherC := f.client(other, other)
+	rootC := f.client(0, 0)
+	_, dfh, _ := rootC.lookup(rootC.root, "d")
+	// Root is nobody under root_squash: the owner, so allowed what the
+	// owner is, and refused what root alone may do.
+	rootChown := StatusOK
+	if squash {
+		rootChown = StatusPerm
+	}
+	for _, ty := range types {
+		t.Run(ty.name, func(t *testing.T) {
+			st, fh, _ := nobodyC.lookup(dfh, ty.name)
+			if st != StatusOK {
+				t.Fatalf("LOOKUP: %v", st)
+			}
+			for _, tc := range []struct {
+				name string
+				c    *nfsClient
+				set  sattrIn
+				want Status
+			}{
+				{"owner chown to another user", nobodyC, sattrIn{uid: u32(other), gid: u32(other)}, StatusPerm},
+				{"other chown to the current owner and group", otherC, sattrIn{uid: u32(nb), gid: u32(nb)}, StatusPerm},
+				{"other chown to the current owner", otherC, sattrIn{uid: u32(nb)}, StatusPerm},
+				{"other chgrp to the current group", otherC, sattrIn{gid: u32(nb)}, StatusPerm},
+				{"other chown to itself", otherC, sattrIn{uid: u32(other), gid: u32(other)}, StatusPerm},
+				{"owner chgrp to a group it is not in", nobodyC, sattrIn{gid: u32(other)}, StatusPerm},
+				{"owner chown to itself", nobodyC, sattrIn{uid: u32(nb), gid: u32(nb)}, StatusOK},
+				{"root chown to the current owner", rootC, sattrIn{uid: u32(nb), gid: u32(nb)}, StatusOK},
+				{"root chown to another user", rootC, sattrIn{uid: u32(other), gid: u32(other)}, rootChown},
+				{"other chmod", otherC, sattrIn{mode: u32(0o600)}, StatusPerm},
+				{"other sets an explicit mtime", otherC, sattrIn{mtime: &nfstime{sec: 1}}, StatusPerm},
+			} {
+				_, before := tc.c.getattr(fh)
+				st, _ := tc.c.setattr(fh, tc.set, nil)
+				if st != tc.want {
+					t.Errorf("%s: %v, want %v", tc.name, st, tc.want)
+				}
+				_, after := tc.c.getattr(fh)
+				if st != StatusOK && (after.uid != before.uid || after.gid != before.gid || after.mode != before.mode) {
+					t.Errorf("%s: refused, yet %d:%d %o became %d:%d %o", tc.name, before.uid, before.gid, before.mode, after.uid, after.gid, after.mode)
+				}
+				if st == StatusOK && (tc.set.uid != nil && after.uid != *tc.set.uid || tc.set.gid != nil && after.gid != *tc.set.gid) {
+					t.Errorf("%s: owner %d:%d after", tc.name, after.uid, after.gid)
+				}
+				// Back to nobody's for the next case.
+				uid, gid := uint32(nb), uint32(nb)
+				n, _ := f.fs.Lookup(ctx, fs.Root, d, ty.name)
+				if _, _, err := f.fs.SetAttr(ctx, fs.Root, n.Ino, fs.SetAttrs{Uid: &uid, Gid: &gid}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+
+	// EACCES stays NFS3ERR_ACCES: a truncation or a touch needs write
+	// permission, which nobody's 0644 file denies others.
+	_, fh, _ := otherC.lookup(dfh, "regular")
+	if st, _ := otherC.setattr(fh, sattrIn{size: u64(0)}, nil); st != StatusAccess {
+		t.Errorf("other truncate of a 0644 file: %v, want ACCES", st)
+	}
+	if st, _ := otherC.setattr(fh, sattrIn{atimeNow: true, mtimeNow: true}, nil); st != StatusAccess {
+		t.Errorf("other touch of a 0644 file: %v, want ACCES", st)
+	}
+	if st, _ := nobodyC.setattr(fh, sattrIn{atimeNow: true, mtimeNow: true}, nil); st != StatusOK {
+		t.Errorf("owner touch: %v", st)
+	}
+}
+
+// TestUsedSparse: fattr3 used is the data a file holds, not its size: a
+// 2 TiB file with 1 MiB written uses 1 MiB, also after a restart.
+func TestUsedSparse(t *testing.T) {
+	f := newFixture(t, Options{})
+	c := f.client(0, 0)
+	fh := c.mustCreate(c.root, "dev")
+	const size, mib = 2 << 40, 1 << 20
+	if st, _ := c.setattr(fh, sattrIn{size: u64(size)}, nil); st != StatusOK {
+		t.Fatal(st)
+	}
+	if _, a := c.getattr(fh); a.size != size || a.used != 0 {
+		t.Fatalf("untouched: size %d used %d", a.size, a.used)
+	}
+	data := bytes.Repeat([]byte{7}, mib)
+	if st, _ := c.write(fh, 1<<40, data, fileSync); st != StatusOK {
+		t.Fatal(st)
+	}
+	// used counts applied data, which follows the durable write shortly.
+	var a fattr
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if _, a = c.getattr(fh); a.used == mib {
+			break
+		}
+	}
+	if a.size != size || a.used != mib {
+		t.Fatalf("1 MiB written: size %d used %d", a.size, a.used)
+	}
+	f.restart()
+	c = f.client(0, 0)
+	if _, a := c.getattr(fh); a.size != size || a.used != mib {
+		t.Fatalf("after restart: size %d used %d", a.size, a.used)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"zerofs/config"
 	"zerofs/crypt"
 	"zerofs/fs"
+	"zerofs/nbd"
 	"zerofs/store"
 )
 
@@ -138,7 +139,16 @@ func cmdNBD(args []string) error {
 		if *sizeArg == "" {
 			return 0, fmt.Errorf("nbd %s needs --size, e.g. --size 100G", pos[0])
 		}
-		return parseSize(*sizeArg)
+		size, err := parseSize(*sizeArg)
+		if err != nil {
+			return 0, err
+		}
+		// The server enforces this too (nbd.CreateExport and ResizeExport);
+		// checking here as well answers without a round trip, or a server.
+		if err := nbd.ValidateExportSize(size); err != nil {
+			return 0, fmt.Errorf("--size %s: %w", *sizeArg, err)
+		}
+		return size, nil
 	}
 	switch pos[0] {
 	case "list", "ls":

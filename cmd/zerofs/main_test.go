@@ -365,6 +365,8 @@ func TestErrorsSayWhatToFix(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, "unknown command"},
 		{"nbd without subcommand", []string{"nbd"}, "missing subcommand"},
 		{"nbd create without size", []string{"nbd", "create", "x"}, "needs --size"},
+		{"nbd create with an unaligned size", []string{"nbd", "create", "x", "--size", "1000001", "--admin", "127.0.0.1:1"}, "use 999424 (976K) or 1003520 (980K)"},
+		{"nbd resize with an unaligned size", []string{"nbd", "resize", "x", "--size", "1000001", "--admin", "127.0.0.1:1"}, "not a multiple of 4096"},
 		{"no server", []string{"nbd", "list", "--admin", "127.0.0.1:1"}, "is zerofs running"},
 	}
 	for _, tc := range cases {
