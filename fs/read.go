@@ -232,7 +232,7 @@ func (f *FS) frameData(ctx context.Context, ref FrameRef, id chunkID) ([]byte, e
 		return raw.([]byte), nil // a batch's frame, its record not yet applied
 	}
 	fid := frame.ID{Frame: ref.ID, Ino: id.ino, Chunk: id.idx}
-	return f.flights.do(ref.ID, func() ([]byte, error) {
+	return f.flights.do(ctx, ref.ID, func() ([]byte, error) {
 		if f.disk != nil {
 			if enc, ok := f.disk.Get(ref.ID); ok {
 				raw, err := f.coder.Decode(nil, enc, fid)
@@ -245,7 +245,9 @@ func (f *FS) frameData(ctx context.Context, ref FrameRef, id chunkID) ([]byte, e
 				f.log.Warn("disk cache entry failed authentication; reading the store", "frame", ref.ID, "err", err)
 			}
 		}
-		enc, err := f.readObject(ctx, ref.Obj, int64(ref.Off), int64(ref.Size))
+		// Not the caller's context: the GET is shared, and one caller
+		// giving up (its connection died) must not fail the others.
+		enc, err := f.readObject(f.bgCtx, ref.Obj, int64(ref.Off), int64(ref.Size))
 		if err != nil {
 			return nil, err
 		}
@@ -294,7 +296,10 @@ func (f *FS) readObject(ctx context.Context, o ObjRef, off, n int64) ([]byte, er
 	return b, nil
 }
 
-// flightGroup makes concurrent misses on one frame share one GET.
+// flightGroup makes concurrent misses on one frame share one GET. The GET
+// runs on its own, detached from the callers that wait for it: each caller
+// stops waiting when its own context ends (its connection is gone), and
+// the GET goes on for the others — and fills the cache — regardless.
 type flightGroup struct {
 	mu sync.Mutex
 	m  map[uint64]*flight
@@ -306,23 +311,28 @@ type flight struct {
 	err  error
 }
 
-func (g *flightGroup) do(id uint64, fn func() ([]byte, error)) ([]byte, error) {
+func (g *flightGroup) do(ctx context.Context, id uint64, fn func() ([]byte, error)) ([]byte, error) {
 	g.mu.Lock()
 	if g.m == nil {
 		g.m = make(map[uint64]*flight)
 	}
-	if fl, ok := g.m[id]; ok {
-		g.mu.Unlock()
-		<-fl.done
-		return fl.val, fl.err
+	fl, ok := g.m[id]
+	if !ok {
+		fl = &flight{done: make(chan struct{})}
+		g.m[id] = fl
+		go func() {
+			fl.val, fl.err = fn()
+			g.mu.Lock()
+			delete(g.m, id)
+			g.mu.Unlock()
+			close(fl.done)
+		}()
 	}
-	fl := &flight{done: make(chan struct{})}
-	g.m[id] = fl
 	g.mu.Unlock()
-	fl.val, fl.err = fn()
-	g.mu.Lock()
-	delete(g.m, id)
-	g.mu.Unlock()
-	close(fl.done)
-	return fl.val, fl.err
+	select {
+	case <-fl.done:
+		return fl.val, fl.err
+	case <-ctx.Done():
+		return nil, canceled(ctx)
+	}
 }
