@@ -1,0 +1,99 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"zerofs/store"
+)
+
+// TestReadsOldFormats opens every fixture in testdata — a bucket and the
+// local state exactly as an older zerofs left them at kill -9 (written by
+// TestWriteFixture at the commit the directory names) — with this code,
+// once with its local state and once as a fresh machine from the bucket
+// alone, and checks the whole tree. The bucket outlives the binary: a
+// change to what is stored must keep these readable.
+func TestReadsOldFormats(t *testing.T) {
+	fixtures, err := filepath.Glob("testdata/format*")
+	if err != nil || len(fixtures) == 0 {
+		t.Fatalf("no fixtures in testdata: %v", err)
+	}
+	for _, fx := range fixtures {
+		for _, tc := range []struct {
+			name       string
+			localState bool
+		}{
+			{"with its local state", true},
+			{"fresh machine", false},
+		} {
+			t.Run(filepath.Base(fx)+"/"+tc.name, func(t *testing.T) {
+				dir := t.TempDir()
+				if err := os.CopyFS(dir, os.DirFS(fx)); err != nil {
+					t.Fatal(err)
+				}
+				state := filepath.Join(dir, "state")
+				if !tc.localState {
+					os.RemoveAll(state)
+				}
+				st, err := store.Open(context.Background(), "file://"+filepath.Join(dir, "store"), store.Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				f := mustOpen(t, testOptions(t, st, state))
+				defer f.Close()
+				checkFixtureTree(t, f)
+			})
+		}
+	}
+}
+
+// checkFixtureTree checks what TestWriteFixture wrote.
+func checkFixtureTree(t *testing.T, f *FS) {
+	t.Helper()
+	ctx := context.Background()
+	lookup := func(dir uint64, name string) Inode {
+		t.Helper()
+		n, err := f.Lookup(ctx, Root, dir, name)
+		if err != nil {
+			t.Fatalf("lookup %q: %v", name, err)
+		}
+		return n
+	}
+	d := lookup(RootIno, "dir")
+	file := lookup(d.Ino, "file")
+	want := bytes.Repeat([]byte("zerofs fixture\n"), 1000)
+	if got := mustRead(t, f, file.Ino, 0, len(want)+10); !bytes.Equal(got, want) || file.Size != uint64(len(want)) {
+		t.Errorf("dir/file: %d bytes, size %d, content differs", len(got), file.Size)
+	}
+	if hard := lookup(RootIno, "hard"); hard.Ino != file.Ino || hard.Nlink != 2 {
+		t.Errorf("hard link: inode %d (want %d), nlink %d (want 2)", hard.Ino, file.Ino, hard.Nlink)
+	}
+	if file.Mode&0o7777 != 0o640 {
+		t.Errorf("dir/file mode %o, want 640", file.Mode&0o7777)
+	}
+	sparse := lookup(RootIno, "sparse")
+	if sparse.Size != 1<<30 {
+		t.Errorf("sparse: size %d, want 1 GiB", sparse.Size)
+	}
+	got := mustRead(t, f, sparse.Ino, 512<<20-4096, 4096+64<<10+4096)
+	wantSparse := append(append(append(make([]byte, 4096), bytes.Repeat([]byte{0x6b}, 4096)...), bytes.Repeat([]byte{0x5a}, 60<<10)...), make([]byte, 4096)...)
+	if !bytes.Equal(got, wantSparse) {
+		t.Error("sparse: the data around 512 MiB differs")
+	}
+	f.waitApplied()
+	if used := f.UsedBytes(&sparse); used != 64<<10 {
+		t.Errorf("sparse: used %d, want 64 KiB", used)
+	}
+	link := lookup(RootIno, "link")
+	if link.Target != "dir/file" {
+		t.Errorf("link target %q", link.Target)
+	}
+	after := lookup(RootIno, "after")
+	wantAfter := append(make([]byte, 4096), bytes.Repeat([]byte{0xaf}, 8192)...)
+	if got := mustRead(t, f, after.Ino, 0, 20000); !bytes.Equal(got, wantAfter) {
+		t.Errorf("after (only in the WAL): %d bytes, content differs", len(got))
+	}
+}
