@@ -55,6 +55,7 @@ type WAL struct {
 	BatchSizeMB   int      `toml:"batch_size_mb"`
 	MaxDirtyMB    int      `toml:"max_dirty_mb"`
 	MaxRequestMB  int      `toml:"max_request_mb"`
+	MaxReadWait   Duration `toml:"max_read_wait"`
 	InFlight      int      `toml:"in_flight"`
 }
 
@@ -120,7 +121,7 @@ func Defaults() Config {
 	return Config{
 		Cache:   Cache{Dir: "./data/cache", DiskSizeGB: 1, MemorySizeGB: 0.25},
 		Storage: Storage{URL: "file://./data/store", Compression: "zstd", ChunkSizeKB: 64},
-		WAL:     WAL{FlushInterval: Duration{time.Second}, BatchSizeMB: 16, MaxDirtyMB: 256, MaxRequestMB: 128, InFlight: 4},
+		WAL:     WAL{FlushInterval: Duration{time.Second}, BatchSizeMB: 16, MaxDirtyMB: 256, MaxRequestMB: 128, MaxReadWait: Duration{2 * time.Minute}, InFlight: 4},
 		AWS:     AWS{Region: "us-east-1"},
 		Servers: Servers{
 			NBD:   NBD{Addresses: []string{"127.0.0.1:10809"}},
@@ -271,6 +272,8 @@ func (c *Config) validate() error {
 		return c.keyErr("wal.max_dirty_mb", "must be at least twice wal.batch_size_mb (%d), got %d", c.WAL.BatchSizeMB, c.WAL.MaxDirtyMB)
 	case c.WAL.MaxRequestMB < 4 || c.WAL.MaxRequestMB > 1<<20:
 		return c.keyErr("wal.max_request_mb", "must be between 4 and 1048576, got %d", c.WAL.MaxRequestMB)
+	case c.WAL.MaxReadWait.Duration < time.Second || c.WAL.MaxReadWait.Duration > time.Hour:
+		return c.keyErr("wal.max_read_wait", "must be between 1s and 1h, got %s", c.WAL.MaxReadWait)
 	case c.WAL.InFlight < 1 || c.WAL.InFlight > 64:
 		return c.keyErr("wal.in_flight", "must be between 1 and 64, got %d", c.WAL.InFlight)
 	case c.GC.SegmentSizeMB < 1 || c.GC.SegmentSizeMB > 4096:

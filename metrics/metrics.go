@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"zerofs/fs"
+	"zerofs/internal/budget"
 )
 
 // Metrics is one registry of zerofs metrics.
@@ -72,6 +73,20 @@ func New() *Metrics {
 
 // Watch adds the filesystem's own metrics.
 func (m *Metrics) Watch(f *fs.FS) { m.reg.MustRegister(&fsCollector{f: f}) }
+
+// WatchRequests exports the servers' shared request budget: payload bytes
+// read from clients and not yet applied, and readers waiting for room
+// (TCP back-pressure).
+func (m *Metrics) WatchRequests(b *budget.Budget) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "zerofs_request_bytes",
+			Help: "Request payload bytes read from NBD and NFS clients and not yet applied ([wal] max_request_mb bounds it)."},
+			func() float64 { return float64(b.InUse()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "zerofs_request_waiters",
+			Help: "Connections waiting for request memory: their sockets are not being read (TCP back-pressure)."},
+			func() float64 { return float64(b.Waiting()) }),
+	)
+}
 
 // Handler serves the metrics in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {

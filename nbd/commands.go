@@ -55,15 +55,18 @@ func (c *conn) fua(r request) *reqError {
 }
 
 func (c *conn) write(r request, payload []byte) *reqError {
-	if payload != nil {
-		defer c.freePayload(payload)
-	}
 	if r.length > 0 {
 		// One fs.Write per request: the filesystem puts one call in one
 		// batch, so a crash never tears a request.
-		if _, err := c.s.f.Write(c.ctx, fs.Root, c.exp.ino, r.off, payload); err != nil {
+		_, err := c.s.f.Write(c.ctx, fs.Root, c.exp.ino, r.off, payload)
+		// The data is in the batch now (or nowhere): its request memory
+		// goes back before a FUA flush waits for the store.
+		c.freePayload(payload)
+		if err != nil {
 			return fsError(cmdWrite, err, "write [%d, +%d)", r.off, r.length)
 		}
+	} else if payload != nil {
+		c.freePayload(payload)
 	}
 	if err := c.fua(r); err != nil {
 		return err

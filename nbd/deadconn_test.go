@@ -3,10 +3,13 @@ package nbd
 import (
 	"bytes"
 	"context"
+	"errors"
+	"os"
 	"testing"
 	"time"
 
 	"zerofs/fs"
+	"zerofs/internal/budget"
 	"zerofs/store"
 	"zerofs/store/faultstore"
 )
@@ -158,5 +161,73 @@ func deadConnectionRound(t *testing.T, round int) {
 	}
 	if !bytes.Equal(buf, blk(0xbb)) {
 		t.Fatalf("round %d: after takeover block X reads %#x..., want B (0xbb); old %+v new %+v", round, buf[0], f.Status(), f2.Status())
+	}
+}
+
+// TestStalledConnectionIsReset: a connection whose reader waits longer than
+// MaxReadWait for request memory is reset, and the request it had not read
+// is never applied — not even once memory frees. (A client that gave up on
+// it closes with a FIN queued behind the unread data, invisible to the
+// server: see netserve.ReadWait.)
+func TestStalledConnectionIsReset(t *testing.T) {
+	ctx := context.Background()
+	st := faultstore.New(store.NewMem())
+	opts := fsOptions(t, st, t.TempDir())
+	opts.BatchBytes = 1 << 20
+	opts.MaxDirtyBytes = 2 << 20
+	f, err := fs.Open(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { st.Clear(); f.Close() }()
+	mustCreateExport(t, f, "dev", 64<<20)
+	_, addr := startServer(t, f, Options{Requests: budget.New(1 << 20), MaxReadWait: 300 * time.Millisecond})
+	dial := func() *testClient {
+		t.Helper()
+		c, err := dialClient(addr, "dev", clientOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	const x = 48 << 20
+	c1 := dial()
+	if err := c1.Write(x, bytes.Repeat([]byte{0x11}, 4096), cmdFlagFUA); err != nil {
+		t.Fatal(err)
+	}
+
+	outage := st.Fail(faultstore.Puts(), nil)
+	// Fill dirty memory, then the request budget with a write waiting.
+	if err := c1.Write(0, bytes.Repeat([]byte{0xf1}, 4<<20), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c1.send(cmdWrite, 0, 4<<20, 1<<20, bytes.Repeat([]byte{0xf2}, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	waitMemoryWaiters(t, f, 1)
+	// Connection 2's write cannot be read: no request memory. It is reset.
+	c2 := dial()
+	defer c2.Close()
+	if _, err := c2.send(cmdWrite, 0, x, 4096, bytes.Repeat([]byte{0xaa}, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	c2.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, _, err := c2.reply(0, 0); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("stalled connection: reply read %v, want the connection reset", err)
+	}
+	outage.Remove()
+	c1.nc.SetReadDeadline(time.Now().Add(60 * time.Second))
+	if res, _, err := c1.reply(0, 0); err != nil || res.errno != 0 {
+		t.Fatalf("the waiting write: errno %d, %v", res.errno, err)
+	}
+	if err := c1.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c1.Read(x, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0] != 0x11 {
+		t.Fatalf("block X reads %#x: the stalled connection's unread write was applied", got[0])
 	}
 }

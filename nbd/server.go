@@ -33,6 +33,11 @@ type Options struct {
 	// (TCP back-pressure) instead of buffering. Share one with the NFS
 	// server. Nil means a budget of DefaultRequestBytes for this server.
 	Requests *budget.Budget
+	// MaxReadWait bounds how long a connection's reader waits for memory
+	// or a worker before the connection is reset (see netserve.ReadWait);
+	// zero means netserve.DefaultMaxReadWait. Keep it below the clients'
+	// timeouts (nbd-client -timeout).
+	MaxReadWait time.Duration
 	// Observe, if set, is called once per command after its reply is queued
 	// (metrics hook): the command name ("read", "write", "flush", "trim",
 	// "write_zeroes", "cache", "block_status", "disc", "unknown"), the
@@ -60,6 +65,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Requests == nil {
 		o.Requests = budget.New(DefaultRequestBytes)
+	}
+	if o.MaxReadWait <= 0 {
+		o.MaxReadWait = netserve.DefaultMaxReadWait
 	}
 }
 

@@ -307,16 +307,47 @@ func (c *conn) readLoop() (disc bool) {
 			c.s.observe(cmdName(r.typ), int(r.length), time.Since(start), v.err)
 			continue
 		}
-		select {
-		case c.jobs <- &job{req: r, payload: payload, start: start}:
-		case <-c.ctx.Done():
-			// Gone while every worker was busy: this request never began.
-			if payload != nil {
-				c.freePayload(payload)
-			}
+		if !c.dispatch(&job{req: r, payload: payload, start: start}) {
 			return false
 		}
 	}
+}
+
+// dispatch hands j to a worker, waiting while all are busy. It returns
+// false, with j undone, if the connection is gone or stalled meanwhile.
+func (c *conn) dispatch(j *job) bool {
+	select {
+	case c.jobs <- j:
+		return true
+	default:
+	}
+	wctx, cancel := netserve.ReadWait(c.ctx, c.s.opts.MaxReadWait)
+	defer cancel()
+	select {
+	case c.jobs <- j:
+		return true
+	case <-wctx.Done():
+		// Gone, or stalled, while every worker was busy: this request
+		// never began.
+		if j.payload != nil {
+			c.freePayload(j.payload)
+		}
+		c.stalled(wctx)
+		return false
+	}
+}
+
+// stalled resets the connection if wctx, a reader's wait, ended because it
+// took too long (netserve.ReadWait says why).
+func (c *conn) stalled(wctx context.Context) {
+	if !errors.Is(context.Cause(wctx), netserve.ErrStalled) || c.ctx.Err() != nil {
+		return
+	}
+	c.log.Warn("nbd: resetting a connection stalled waiting for memory (the store is slow or down); its unread requests are dropped, never applied late",
+		"waited", c.s.opts.MaxReadWait)
+	c.dead.Store(true)
+	c.cancel(netserve.ErrStalled)
+	netserve.Reset(c.nc)
 }
 
 func (c *conn) workLoop() {
@@ -447,16 +478,23 @@ func (c *conn) free(b []byte) {
 // and from the server's request budget that every connection of NBD and
 // NFS shares, which bounds the payloads read but not yet applied however
 // many clients connect (Options.Requests).
+//
+// Waiting here leaves the payload in the socket (TCP back-pressure); a wait
+// longer than Options.MaxReadWait resets the connection (see
+// netserve.ReadWait for why).
 func (c *conn) allocPayload(n int) ([]byte, error) {
-	b, err := c.alloc(n)
-	if err != nil {
+	wctx, cancel := netserve.ReadWait(c.ctx, c.s.opts.MaxReadWait)
+	defer cancel()
+	if err := c.budget.Acquire(wctx, int64(n)); err != nil {
+		c.stalled(wctx)
 		return nil, err
 	}
-	if err := c.s.requests.Acquire(c.ctx, int64(n)); err != nil {
-		c.free(b)
+	if err := c.s.requests.Acquire(wctx, int64(n)); err != nil {
+		c.budget.Release(int64(n))
+		c.stalled(wctx)
 		return nil, err
 	}
-	return b, nil
+	return getBuf(n), nil
 }
 
 // freePayload returns a buffer from allocPayload.

@@ -2,7 +2,6 @@ package nfs
 
 import (
 	"bufio"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -50,7 +49,7 @@ func (c *rpcClient) readLoop() {
 	defer close(c.done)
 	br := bufio.NewReader(c.nc)
 	for {
-		rec, err := readRecord(context.Background(), br, nil)
+		rec, err := readRecord(br, nil)
 		if err != nil {
 			c.pmu.Lock()
 			c.err = err

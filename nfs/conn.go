@@ -17,7 +17,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"zerofs/internal/budget"
 	"zerofs/internal/netserve"
 )
 
@@ -106,7 +105,7 @@ func (c *conn) Serve() {
 
 	br := bufio.NewReaderSize(c.nc, 64<<10)
 	for {
-		rec, err := readRecord(c.ctx, br, c.s.requests)
+		rec, err := c.readRecord(br)
 		if err != nil {
 			switch {
 			case c.closing.Load() && errors.Is(err, os.ErrDeadlineExceeded):
@@ -120,14 +119,66 @@ func (c *conn) Serve() {
 			c.gone()
 			return
 		}
-		select {
-		case c.jobs <- rec:
-		case <-c.ctx.Done():
-			// Gone while every worker was busy: this request never began.
-			c.freeRecord(rec)
+		if !c.dispatch(rec) {
 			return
 		}
 	}
+}
+
+// readRecord reads the next record, taking its bytes from the request
+// budget; a wait for them longer than Options.MaxReadWait resets the
+// connection (see netserve.ReadWait for why).
+func (c *conn) readRecord(br *bufio.Reader) ([]byte, error) {
+	return readRecord(br, c)
+}
+
+// Acquire takes n bytes of the request budget for a record being read (the
+// clock of the wait starts here, not while the client is idle).
+func (c *conn) Acquire(n int64) error {
+	wctx, cancel := netserve.ReadWait(c.ctx, c.s.opts.MaxReadWait)
+	defer cancel()
+	err := c.s.requests.Acquire(wctx, n)
+	if err != nil {
+		c.stalled(wctx)
+	}
+	return err
+}
+
+// Release returns n bytes taken by Acquire.
+func (c *conn) Release(n int64) { c.s.requests.Release(n) }
+
+// dispatch hands rec to a worker, waiting while all are busy. It returns
+// false, with rec freed, if the connection is gone or stalled meanwhile.
+func (c *conn) dispatch(rec []byte) bool {
+	select {
+	case c.jobs <- rec:
+		return true
+	default:
+	}
+	wctx, cancel := netserve.ReadWait(c.ctx, c.s.opts.MaxReadWait)
+	defer cancel()
+	select {
+	case c.jobs <- rec:
+		return true
+	case <-wctx.Done():
+		// Gone, or stalled, while every worker was busy: this request
+		// never began.
+		c.freeRecord(rec)
+		c.stalled(wctx)
+		return false
+	}
+}
+
+// stalled resets the connection if wctx, a reader's wait, ended because it
+// took too long.
+func (c *conn) stalled(wctx context.Context) {
+	if !errors.Is(context.Cause(wctx), netserve.ErrStalled) || c.ctx.Err() != nil {
+		return
+	}
+	c.s.log.Warn("nfs: resetting a connection stalled waiting for memory (the store is slow or down); its unread requests are dropped, never applied late",
+		"remote", c.remote.String(), "waited", c.s.opts.MaxReadWait)
+	c.cancel(netserve.ErrStalled)
+	netserve.Reset(c.nc)
 }
 
 // gone records that the client is gone: requests of this connection that
@@ -142,12 +193,19 @@ func (c *conn) freeRecord(rec []byte) {
 	putBuf(rec)
 }
 
+// recordBudget is where readRecord takes the bytes of a record before it
+// reads them.
+type recordBudget interface {
+	Acquire(n int64) error
+	Release(n int64)
+}
+
 // readRecord reads one RPC record, reassembling fragments, at most
 // maxRecord bytes in all. The buffer comes from the pool; each fragment's
-// bytes are taken from b (if not nil) before they are read, waiting for
-// room with ctx. Release len(rec) to b and putBuf the record when done; on
-// error readRecord has returned everything itself.
-func readRecord(ctx context.Context, br *bufio.Reader, b *budget.Budget) (rec []byte, err error) {
+// bytes are taken from b (if not nil) before they are read. Release
+// len(rec) to b and putBuf the record when done; on error readRecord has
+// returned everything itself.
+func readRecord(br *bufio.Reader, b recordBudget) (rec []byte, err error) {
 	taken := int64(0)
 	defer func() {
 		if err != nil && b != nil {
@@ -173,7 +231,7 @@ func readRecord(ctx context.Context, br *bufio.Reader, b *budget.Budget) (rec []
 			return nil, fmt.Errorf("%w: %d bytes (at most %d)", errRecordTooLarge, len(rec)+n, maxRecord)
 		}
 		if b != nil {
-			if err := b.Acquire(ctx, int64(n)); err != nil {
+			if err := b.Acquire(int64(n)); err != nil {
 				putBuf(rec)
 				return nil, err
 			}

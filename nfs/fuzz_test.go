@@ -82,7 +82,7 @@ func FuzzReadRecord(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		br := bufio.NewReader(bytes.NewReader(data))
 		for {
-			rec, err := readRecord(context.Background(), br, nil)
+			rec, err := readRecord(br, nil)
 			if err != nil {
 				return
 			}

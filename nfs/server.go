@@ -34,6 +34,11 @@ type Options struct {
 	// (TCP back-pressure). Share one with the NBD server. Nil means a
 	// budget of DefaultRequestBytes for this server.
 	Requests *budget.Budget
+	// MaxReadWait bounds how long a connection's reader waits for memory
+	// or a worker before the connection is reset (see netserve.ReadWait);
+	// zero means netserve.DefaultMaxReadWait. Keep it below the clients'
+	// timeouts (the mount's timeo).
+	MaxReadWait time.Duration
 	// Observe, if set, is called after every request with the procedure
 	// (e.g. "nfs3.WRITE", "mount3.MNT"), how long it took and its outcome:
 	// nil, a Status for NFS error results, or an RPC-level error.
@@ -77,6 +82,9 @@ func NewServer(f *fs.FS, opts Options) *Server {
 	}
 	if opts.Requests == nil {
 		opts.Requests = budget.New(DefaultRequestBytes)
+	}
+	if opts.MaxReadWait <= 0 {
+		opts.MaxReadWait = netserve.DefaultMaxReadWait
 	}
 	s := &Server{
 		fs: f, opts: opts, log: opts.Logger,

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -39,6 +40,9 @@ func TestAbandonedConnectionsDuringOutage(t *testing.T) {
 		"batch_size_mb = 16", "batch_size_mb = 4",
 		"max_request_mb = 128", "max_request_mb = 16",
 		"memory_size_gb = 0.25", "memory_size_gb = 0.03125",
+		// Connections stalled this long are reset: the clients below
+		// vanish with writes still unsent, whose FIN the server cannot see.
+		`max_read_wait = "2m"`, `max_read_wait = "3s"`,
 	).Replace(string(example))
 	s := startServer(t, bin, cfg)
 	adm := []string{"--admin", s.admin}
@@ -76,12 +80,21 @@ func TestAbandonedConnectionsDuringOutage(t *testing.T) {
 	// answered once the store is back.
 	survivor := make(chan error, 1)
 	go func() {
-		out, err := exec.Command("qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P 0xee %d 64k", 100<<20), "-c", "flush", uri).CombinedOutput()
+		// writeback: a plain WRITE, then a FLUSH (not a FUA write).
+		out, err := exec.Command("qemu-io", "-f", "raw", "-t", "writeback", "-c", fmt.Sprintf("write -P 0xee %d 64k", 100<<20), "-c", "flush", uri).CombinedOutput()
 		if err != nil {
 			err = fmt.Errorf("%v: %s", err, out)
 		}
 		survivor <- err
 	}()
+	// Its write is done (and its flush waits) before the others come.
+	deadline := time.Now().Add(30 * time.Second)
+	for metricValue(t, scrape(t, "http://"+s.admin+"/metrics"), `zerofs_nbd_requests_total{op="write",result="ok"}`) < 33 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the surviving client's write was not answered:\n%s", scrape(t, "http://"+s.admin+"/metrics"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	// 50 clients send 8 MiB of writes each and vanish with them in flight.
 	var wg sync.WaitGroup
@@ -93,6 +106,21 @@ func TestAbandonedConnectionsDuringOutage(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// Their requests leave with them, while the store is still down: the
+	// request memory goes back to (at most) the surviving client's write.
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		held := metricValue(t, scrape(t, "http://"+s.admin+"/metrics"), "zerofs_request_bytes")
+		if held <= 64<<10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			s.cmd.Process.Signal(syscall.SIGQUIT)
+			time.Sleep(2 * time.Second)
+			t.Fatalf("%v bytes of request memory still held 30 s after the clients vanished", held)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	peakOutage := vmHWM(t, s.cmd.Process.Pid)
 	endOutage()
 	select {
@@ -141,6 +169,22 @@ func qemuIO(t *testing.T, uri string, cmds ...string) {
 	if err != nil || bytes.Contains(out, []byte("Pattern verification failed")) || bytes.Contains(out, []byte("failed")) {
 		t.Fatalf("qemu-io %v: %v\n%s", cmds, err, out)
 	}
+}
+
+// metricValue is the value of an unlabelled sample in a /metrics text.
+func metricValue(t *testing.T, text, name string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s in /metrics", name)
+	return 0
 }
 
 // vmHWM is the peak resident set of process pid, in bytes.

@@ -103,6 +103,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	// One request budget for both servers: it bounds what all their
 	// connections hold between reading a request and applying it.
 	requests := budget.New(int64(cfg.WAL.MaxRequestMB) << 20)
+	m.WatchRequests(requests)
 	var (
 		wg       sync.WaitGroup
 		stoppers []func(context.Context) error
@@ -133,7 +134,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			cleanup()
 			return err
 		}
-		srv := nbd.NewServer(f, nbd.Options{Logger: log, Observe: m.ObserveNBD, Requests: requests})
+		srv := nbd.NewServer(f, nbd.Options{Logger: log, Observe: m.ObserveNBD, Requests: requests,
+			MaxReadWait: cfg.WAL.MaxReadWait.Duration})
 		stoppers = append(stoppers, srv.Shutdown)
 		wg.Add(1)
 		go func() {
@@ -155,7 +157,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return err
 		}
 		srv := nfs.NewServer(f, nfs.Options{Logger: log, AllowedNetworks: allowed,
-			RootSquash: cfg.Servers.NFS.RootSquash, Observe: m.ObserveNFS, Requests: requests})
+			RootSquash: cfg.Servers.NFS.RootSquash, Observe: m.ObserveNFS, Requests: requests,
+			MaxReadWait: cfg.WAL.MaxReadWait.Duration})
 		stoppers = append(stoppers, srv.Shutdown)
 		wg.Add(1)
 		go func() {
