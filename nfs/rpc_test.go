@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"zerofs/internal/testutil"
 )
 
 // RPC-level behaviour: program, version and procedure dispatch, credentials,
@@ -422,7 +424,7 @@ func TestShutdown(t *testing.T) {
 	f := newFixture(t, Options{})
 	gate := gateStore(f)
 	serve := func() (*Server, string, chan error) {
-		srv := NewServer(f.fs, Options{Logger: testLogger(t)})
+		srv := NewServer(f.fs, Options{Logger: testutil.Logger(t)})
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
