@@ -366,7 +366,13 @@ func TestBudgetFIFO(t *testing.T) {
 	b.acquire(60)
 	order := make(chan int, 3)
 	var wg sync.WaitGroup
+	queued := func() int {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return len(b.waiters)
+	}
 	start := func(id int, n int64) {
+		want := queued() + 1
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -374,7 +380,11 @@ func TestBudgetFIFO(t *testing.T) {
 			order <- id
 		}()
 		// Let it queue before the next one.
-		time.Sleep(20 * time.Millisecond)
+		for deadline := time.Now().Add(time.Minute); queued() < want; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("waiter %d did not queue", id)
+			}
+		}
 	}
 	start(1, 80)  // must wait
 	start(2, 10)  // would fit, but queues behind 1
@@ -392,7 +402,10 @@ func TestBudgetFIFO(t *testing.T) {
 	select {
 	case id := <-order:
 		t.Fatalf("waiter %d ran without room", id)
-	case <-time.After(20 * time.Millisecond):
+	default:
+	}
+	if q := queued(); q != 1 {
+		t.Fatalf("%d waiters queued, want 1 (waiter 3)", q)
 	}
 	b.release(80)
 	b.release(10)

@@ -255,7 +255,7 @@ func TestRunServesAndManagesDevices(t *testing.T) {
 	// move to the cache when the batch is applied, asynchronously. Read
 	// again until the cache has answered, instead of betting on timing.
 	var metrics string
-	for deadline := time.Now().Add(20 * time.Second); ; {
+	for deadline := time.Now().Add(time.Minute); ; {
 		metrics = scrape(t, "http://"+s.admin+"/metrics")
 		if nonZero(metrics, "zerofs_cache_hits_total") || time.Now().After(deadline) {
 			break
