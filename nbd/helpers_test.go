@@ -150,6 +150,20 @@ func (o *opCounter) get(cmd string) (count int, bytes int64, errs int) {
 	return o.count[cmd], o.bytes[cmd], o.errs[cmd]
 }
 
+// seen waits until Observe has reported a cmd request and says whether it
+// did. Observe runs after the reply is sent, so a client (nbdcopy's last
+// FLUSH) may have got its reply and exited before the count moves.
+func (o *opCounter) seen(cmd string) bool {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if n, _, _ := o.get(cmd); n > 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
 func (o *opCounter) reset() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
