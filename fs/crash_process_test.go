@@ -1,27 +1,23 @@
 package fs
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"zerofs/crypt"
 	"zerofs/frame"
+	"zerofs/internal/testutil"
 	"zerofs/store"
 )
 
@@ -320,11 +316,7 @@ func crashCodecs(t *testing.T) []frame.Codec {
 
 func crashChild(t *testing.T) {
 	ctx := context.Background()
-	// The parent holds our stdin open; if it dies, stop.
-	go func() {
-		io.Copy(io.Discard, os.Stdin)
-		os.Exit(3)
-	}()
+	testutil.ExitWithParent()
 	seed, err := strconv.ParseUint(os.Getenv(crashChildSeedEnv), 10, 64)
 	if err != nil {
 		t.Fatalf("child seed: %v", err)
@@ -424,129 +416,24 @@ func crashChild(t *testing.T) {
 	}
 }
 
-// crashChildRun is one started child and what it has said.
-type crashChildRun struct {
-	cmd    *exec.Cmd
-	stdin  *os.File // our end; the child exits when it closes
-	exited chan error
-	stderr *crashOutBuffer
-
-	mu      sync.Mutex
-	acked   int // from the last "flushed" line; -1 before the first
-	other   []string
-	ready   chan struct{}
-	flushed chan struct{}
-	eof     chan struct{}
+// crashAcked returns the count of journal entries the child has
+// acknowledged durable (its last "flushed" line), -1 before the first.
+func crashAcked(c *testutil.Proc) int {
+	l, ok := c.LastLine(crashFlushedLine)
+	if !ok {
+		return -1
+	}
+	n, _ := strconv.Atoi(strings.TrimPrefix(l, "flushed "))
+	return n
 }
 
-type crashOutBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+func crashFlushedLine(l string) bool {
+	s, ok := strings.CutPrefix(l, "flushed ")
+	_, err := strconv.Atoi(s)
+	return ok && err == nil
 }
 
-func (b *crashOutBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.b.Len() > 1<<20 {
-		return len(p), nil
-	}
-	return b.b.Write(p)
-}
-
-func (b *crashOutBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-func startCrashChild(t *testing.T, env []string) *crashChildRun {
-	t.Helper()
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	inR, inW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &crashChildRun{
-		cmd:    exec.Command(os.Args[0], "-test.run=^TestCrashChildProcess$", "-test.count=1", "-test.timeout=5m"),
-		stdin:  inW,
-		exited: make(chan error, 1),
-		stderr: &crashOutBuffer{},
-		acked:  -1,
-		ready:  make(chan struct{}), flushed: make(chan struct{}), eof: make(chan struct{}),
-	}
-	c.cmd.Env = append(os.Environ(), env...)
-	c.cmd.Stdout, c.cmd.Stdin, c.cmd.Stderr = outW, inR, c.stderr
-	if err := c.cmd.Start(); err != nil {
-		t.Fatalf("start child: %v", err)
-	}
-	outW.Close()
-	inR.Close()
-	go func() { c.exited <- c.cmd.Wait() }()
-	go func() {
-		defer close(c.eof)
-		defer outR.Close()
-		sc := bufio.NewScanner(outR)
-		readyOnce, flushedOnce := sync.OnceFunc(func() { close(c.ready) }), sync.OnceFunc(func() { close(c.flushed) })
-		for sc.Scan() {
-			line := sc.Text()
-			c.mu.Lock()
-			if s, ok := strings.CutPrefix(line, "flushed "); ok {
-				if n, err := strconv.Atoi(s); err == nil && n >= c.acked {
-					c.acked = n
-					c.mu.Unlock()
-					flushedOnce()
-					continue
-				}
-			}
-			if strings.HasPrefix(line, "ready ") {
-				c.mu.Unlock()
-				readyOnce()
-				continue
-			}
-			c.other = append(c.other, line)
-			c.mu.Unlock()
-		}
-	}()
-	return c
-}
-
-func (c *crashChildRun) output() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return fmt.Sprintf("stdout:\n%s\nstderr:\n%s", strings.Join(c.other, "\n"), c.stderr.String())
-}
-
-// kill sends SIGKILL and waits for the child and its output to end. It fails
-// the test if the child had exited on its own.
-func (c *crashChildRun) kill(t *testing.T) {
-	t.Helper()
-	select {
-	case err := <-c.exited:
-		<-c.eof
-		c.stdin.Close()
-		t.Fatalf("child exited before it was killed (%v)\n%s", err, c.output())
-	default:
-	}
-	if err := c.cmd.Process.Kill(); err != nil {
-		err := <-c.exited
-		<-c.eof
-		c.stdin.Close()
-		t.Fatalf("child exited before it was killed (%v)\n%s", err, c.output())
-	}
-	err := <-c.exited
-	<-c.eof
-	c.stdin.Close()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) {
-		t.Fatalf("child: %v\n%s", err, c.output())
-	}
-	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && !(ws.Signaled() && ws.Signal() == syscall.SIGKILL) {
-		t.Fatalf("child exited on its own before the kill (%v)\n%s", err, c.output())
-	}
-}
+func crashReadyLine(l string) bool { return strings.HasPrefix(l, "ready ") }
 
 func TestCrashProcessKill(t *testing.T) {
 	if os.Getenv(crashChildEnv) == "1" {
@@ -609,47 +496,48 @@ func TestCrashProcessKill(t *testing.T) {
 
 	for round := range rounds {
 		childSeed := r.Uint64()
-		c := startCrashChild(t, []string{
-			crashChildEnv + "=1",
-			crashStoreEnv + "=" + storeURL,
-			crashDirEnv + "=" + stateDir,
-			crashJournalEnv + "=" + journal,
-			crashChildSeedEnv + "=" + strconv.FormatUint(childSeed, 10),
-			crashCodecsEnv + "=" + strings.Join(codecNames, ","),
-		})
+		c := testutil.Child{
+			Run:  "^TestCrashChildProcess$",
+			Args: []string{"-test.timeout=5m"},
+			Env: []string{
+				crashChildEnv + "=1",
+				crashStoreEnv + "=" + storeURL,
+				crashDirEnv + "=" + stateDir,
+				crashJournalEnv + "=" + journal,
+				crashChildSeedEnv + "=" + strconv.FormatUint(childSeed, 10),
+				crashCodecsEnv + "=" + strings.Join(codecNames, ","),
+			},
+		}.Start(t)
 		// Kill it at a random moment: counted from its start (it may be
 		// still recovering), from when it is ready, or from its first flush.
 		mode := r.IntN(3)
 		if round == 0 {
 			mode = 2
 		}
-		var wait <-chan struct{}
+		var wait func(string) bool
 		switch mode {
 		case 1:
-			wait = c.ready
+			wait = crashReadyLine
 		case 2:
-			wait = c.flushed
+			wait = crashFlushedLine
 		}
 		if wait != nil {
-			select {
-			case <-wait:
-			case err := <-c.exited:
-				<-c.eof
-				t.Fatalf("round %d: child exited (%v)\n%s", round, err, c.output())
-			case <-time.After(30 * time.Second):
-				c.cmd.Process.Kill()
-				<-c.exited
-				t.Fatalf("round %d: child made no progress in 30s\n%s", round, c.output())
+			// Generous: a loaded machine may take long to start and
+			// recover; the kill moment counts from this point.
+			if _, err := c.WaitLine(2*time.Minute, wait); err != nil {
+				c.Kill()
+				t.Fatalf("round %d: %v\n%s", round, err, c.Output())
 			}
 		}
 		delay := time.Duration(50+r.IntN(351)) * time.Millisecond
 		select {
 		case <-time.After(delay):
-		case err := <-c.exited:
-			<-c.eof
-			t.Fatalf("round %d: child exited (%v)\n%s", round, err, c.output())
+		case <-c.Exited():
+			t.Fatalf("round %d: child exited (%v)\n%s", round, c.Err(), c.Output())
 		}
-		c.kill(t)
+		if err := c.Kill(); err != nil {
+			t.Fatalf("round %d: %v\n%s", round, err, c.Output())
+		}
 
 		fresh := round == freshRound || r.IntN(6) == 0
 		if fresh {
@@ -666,7 +554,7 @@ func TestCrashProcessKill(t *testing.T) {
 		if len(journalOps) < len(ops) {
 			t.Fatalf("round %d: journal shrank from %d to %d entries", round, len(ops), len(journalOps))
 		}
-		acked := max(c.acked, len(ops)) // what earlier rounds verified is durable too
+		acked := max(crashAcked(c), len(ops)) // what earlier rounds verified is durable too
 		if acked > len(journalOps) {
 			t.Fatalf("round %d: child acknowledged %d entries, journal has %d", round, acked, len(journalOps))
 		}
@@ -678,7 +566,7 @@ func TestCrashProcessKill(t *testing.T) {
 			f.crash()
 			t.Fatalf("round %d (fresh machine %v, child seed %d, mode %d, killed %v after): recovered state is not the state after any journal entry from the last acknowledged flush (%d) to the last entry issued (%d)\n%s\nchild output:\n%s",
 				round, fresh, childSeed, mode, delay, acked, len(journalOps),
-				diagnoseCrash(model, journalOps, len(ops), acked, got), c.output())
+				diagnoseCrash(model, journalOps, len(ops), acked, got), c.Output())
 		}
 		t.Logf("round %d: mode %d, killed %v after; fresh machine %v; journal %d entries, %d acknowledged, recovered %d",
 			round, mode, delay, fresh, len(journalOps), acked, k)
@@ -919,11 +807,13 @@ func TestCrashCodecFlush(t *testing.T) {
 	}
 	for _, c := range []frame.Codec{frame.None, frame.Zstd, frame.LZ4} {
 		t.Run(c.String(), func(t *testing.T) {
-			cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChildProcess$", "-test.count=1", "-test.v", "-test.timeout=2m")
-			cmd.Env = append(os.Environ(), crashChildEnv+"=codec", crashCodecsEnv+"="+c.String(),
-				crashDirEnv+"="+t.TempDir())
-			out, err := cmd.CombinedOutput()
-			if err != nil || !bytes.Contains(out, []byte("codec round trip ok")) {
+			p := testutil.Child{
+				Run:  "^TestCrashChildProcess$",
+				Args: []string{"-test.v", "-test.timeout=2m"},
+				Env:  []string{crashChildEnv + "=codec", crashCodecsEnv + "=" + c.String(), crashDirEnv + "=" + t.TempDir()},
+			}.Start(t)
+			<-p.Exited()
+			if err, out := p.Err(), p.Output(); err != nil || !strings.Contains(out, "codec round trip ok") {
 				t.Fatalf("write + flush + reopen with compression %v: child failed (%v):\n%s", c, err, out)
 			}
 		})

@@ -4,12 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"log/slog"
-	"os"
 	"testing"
 	"time"
 
 	"zerofs/crypt"
+	"zerofs/internal/testutil"
 	"zerofs/store"
 )
 
@@ -20,22 +19,8 @@ func testOptions(t testing.TB, st store.Store, dir string) Options {
 		Main: st, Dir: dir, Password: "test password", KeyParams: crypt.TestParams,
 		ChunkSize: 4096, BatchBytes: 256 << 10, BatchAge: 50 * time.Millisecond,
 		CheckpointInterval: -1, GCInterval: -1, SegmentBytes: 1 << 20, AdoptBytes: 64 << 10,
-		Logger: testLogger(t),
+		Logger: testutil.Logger(t),
 	}
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	if os.Getenv("ZEROFS_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Logf("%s", bytes.TrimRight(p, "\n"))
-	return len(p), nil
 }
 
 func mustOpen(t testing.TB, opts Options) *FS {

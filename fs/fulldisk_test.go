@@ -61,7 +61,7 @@ func TestFullMetadataDisk(t *testing.T) {
 	content := func(i int) []byte { return []byte(fmt.Sprintf("file %d on a full metadata disk", i)) }
 	name := func(i int) string { return fmt.Sprintf("f%06d-%s", i, strings.Repeat("x", 40)) }
 	files := 0
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	for noSpace.Load() < 3 || files < 2000 {
 		if time.Now().After(deadline) {
 			t.Fatalf("no ENOSPC from the metadata disk after %d files: the test did not fill it", files)

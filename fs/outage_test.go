@@ -80,7 +80,7 @@ func TestStoreOutage(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-		case <-time.After(30 * time.Second):
+		case <-time.After(2 * time.Minute):
 			t.Fatal("did not recover after the store came back")
 		}
 	}

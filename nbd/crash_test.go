@@ -3,7 +3,6 @@
 package nbd
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -13,17 +12,15 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"zerofs/crypt"
 	"zerofs/fs"
+	"zerofs/internal/testutil"
 	"zerofs/store"
 )
 
@@ -94,75 +91,24 @@ func runCrashServer(dir string) int {
 
 // crashChild is a running server process.
 type crashChild struct {
-	once   sync.Once
-	cmd    *exec.Cmd
-	addr   string
-	stderr *lockedBuffer
+	*testutil.Proc
+	addr string
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
+// startCrashChild starts a server process on dir and waits until it listens.
 func startCrashChild(t *testing.T, dir string) *crashChild {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), crashServerEnv+"="+dir)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // no orphan if the test dies
-	c := &crashChild{cmd: cmd, stderr: &lockedBuffer{}}
-	cmd.Stderr = c.stderr
-	out, err := cmd.StdoutPipe()
+	p := testutil.Child{Env: []string{crashServerEnv + "=" + dir}}.Start(t) // TestMain serves
+	line, err := p.WaitLine(2*time.Minute, func(l string) bool { return strings.HasPrefix(l, "LISTENING ") })
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("server process did not start: %v\n%s", err, p.Output())
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start server process: %v", err)
-	}
-	t.Cleanup(func() { c.kill() })
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if addr, ok := strings.CutPrefix(sc.Text(), "LISTENING "); ok {
-				lines <- addr
-			}
-		}
-		close(lines)
-	}()
-	select {
-	case addr, ok := <-lines:
-		if !ok {
-			cmd.Wait()
-			t.Fatalf("server process exited before listening:\n%s", c.stderr)
-		}
-		c.addr = addr
-	case <-time.After(60 * time.Second):
-		t.Fatalf("server process did not start:\n%s", c.stderr)
-	}
-	return c
+	return &crashChild{Proc: p, addr: strings.TrimPrefix(line, "LISTENING ")}
 }
 
 // kill SIGKILLs the server and reaps it; safe to call from several
 // goroutines (the kill timer and the test) and more than once.
-func (c *crashChild) kill() {
-	c.once.Do(func() {
-		c.cmd.Process.Signal(syscall.SIGKILL)
-		c.cmd.Wait()
-	})
-}
+func (c *crashChild) kill() { c.Kill() }
 
 // crashBlockData is block b's content as written by write id.
 func crashBlockData(id uint64, b int) []byte {
@@ -203,7 +149,7 @@ func TestCrashDurability(t *testing.T) {
 
 		c, err := dialClient(child.addr, crashExport, clientOptions{})
 		if err != nil {
-			t.Fatalf("round %d: connect: %v\n%s", round, err, child.stderr)
+			t.Fatalf("round %d: connect: %v\n%s", round, err, child.Output())
 		}
 		killAfter := time.Duration(100+rng.IntN(500)) * time.Millisecond
 		timer := time.AfterFunc(killAfter, child.kill)

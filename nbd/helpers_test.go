@@ -5,9 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -16,6 +14,7 @@ import (
 
 	"zerofs/crypt"
 	"zerofs/fs"
+	"zerofs/internal/testutil"
 	"zerofs/store"
 )
 
@@ -25,40 +24,8 @@ func fsOptions(t testing.TB, st store.Store, dir string) fs.Options {
 		Main: st, Dir: dir, Password: "test password", KeyParams: crypt.TestParams,
 		ChunkSize: 64 << 10, BatchAge: 50 * time.Millisecond,
 		CheckpointInterval: -1, GCInterval: -1,
-		Logger: testLogger(t),
+		Logger: testutil.Logger(t),
 	}
-}
-
-// testLogger logs warnings and errors through t (everything with
-// ZEROFS_TEST_LOG set).
-func testLogger(t testing.TB) *slog.Logger {
-	if os.Getenv("ZEROFS_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	w := &testWriter{t: t}
-	// Logging through t after the test ends panics; background goroutines
-	// may still log then.
-	t.Cleanup(func() {
-		w.mu.Lock()
-		w.done = true
-		w.mu.Unlock()
-	})
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-type testWriter struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Logf("%s", bytes.TrimRight(p, "\n"))
-	}
-	return len(p), nil
 }
 
 // openTestFS opens a filesystem on an in-memory store, closed at cleanup.
@@ -77,7 +44,7 @@ func openTestFS(t testing.TB) *fs.FS {
 func startServer(t testing.TB, f *fs.FS, opts Options) (*Server, string) {
 	t.Helper()
 	if opts.Logger == nil {
-		opts.Logger = testLogger(t)
+		opts.Logger = testutil.Logger(t)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -181,6 +148,20 @@ func (o *opCounter) get(cmd string) (count int, bytes int64, errs int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.count[cmd], o.bytes[cmd], o.errs[cmd]
+}
+
+// seen waits until Observe has reported a cmd request and says whether it
+// did. Observe runs after the reply is sent, so a client (nbdcopy's last
+// FLUSH) may have got its reply and exited before the count moves.
+func (o *opCounter) seen(cmd string) bool {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if n, _, _ := o.get(cmd); n > 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
 }
 
 func (o *opCounter) reset() {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"zerofs/fs"
+	"zerofs/internal/testutil"
 )
 
 // protoEnv is a server with a writable export "disk" (16 MiB) and a
@@ -647,7 +648,7 @@ func TestShutdownFinishesInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	ops := newOpCounter()
-	s := NewServer(f, Options{Logger: testLogger(t), Observe: ops.observe})
+	s := NewServer(f, Options{Logger: testutil.Logger(t), Observe: ops.observe})
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ln) }()
 	c, err := dialClient(ln.Addr().String(), "disk", clientOptions{})
@@ -670,7 +671,7 @@ func TestShutdownFinishesInFlight(t *testing.T) {
 		t.Fatalf("first reply: %v %v", res.errno, err)
 	}
 	got := 1
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // generous: it must not give up
 	defer cancel()
 	shut := make(chan error, 1)
 	go func() { shut <- s.Shutdown(ctx) }()

@@ -548,11 +548,21 @@ func TestObserveAndPanicRecovery(t *testing.T) {
 		t.Fatalf("after the panic: %q %v", got, err)
 	}
 	c2.Disconnect()
-	mu.Lock()
-	defer mu.Unlock()
-	for _, cmd := range []string{"write", "read", "flush", "disc"} {
-		if seen[cmd] == 0 {
-			t.Errorf("Observe never saw %s", cmd)
+	// Observe runs after the reply is sent (and DISC has none): wait for it.
+	missing := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []string
+		for _, cmd := range []string{"write", "read", "flush", "disc"} {
+			if seen[cmd] == 0 {
+				out = append(out, cmd)
+			}
+		}
+		return out
+	}
+	for deadline := time.Now().Add(30 * time.Second); len(missing()) > 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Observe never saw %v", missing())
 		}
 	}
 }

@@ -679,6 +679,12 @@ func (c *nfsClient) readdirReply(r *xdrReader, plus bool) (Status, []dirEntry, b
 // given count, resuming by cookie.
 func (c *nfsClient) listAll(dir []byte, count uint32, plus bool) []dirEntry {
 	c.t.Helper()
+	return c.listAllPaged(dir, count, plus, nil)
+}
+
+// listAllPaged is listAll calling between (if not nil) between pages.
+func (c *nfsClient) listAllPaged(dir []byte, count uint32, plus bool, between func()) []dirEntry {
+	c.t.Helper()
 	var all []dirEntry
 	cookie := uint64(0)
 	for i := 0; ; i++ {
@@ -701,6 +707,9 @@ func (c *nfsClient) listAll(dir []byte, count uint32, plus bool) []dirEntry {
 			return all
 		}
 		cookie = ents[len(ents)-1].cookie
+		if between != nil {
+			between()
+		}
 		if i > 1_000_000 {
 			c.t.Fatal("READDIR does not end")
 		}

@@ -1,7 +1,6 @@
 package nfs
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -10,7 +9,6 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -18,6 +16,7 @@ import (
 	"time"
 
 	"zerofs/fs"
+	"zerofs/internal/testutil"
 	"zerofs/store"
 )
 
@@ -89,62 +88,37 @@ func freePort(t testing.TB) string {
 	return ""
 }
 
+// child is a running server process.
 type child struct {
-	cmd  *exec.Cmd
+	*testutil.Proc
 	addr string
 }
 
+// startChild starts a server process and waits until it listens. It tries
+// three ports: another process may take one between freePort and the
+// child's listen.
 func startChild(t *testing.T, storeDir, stateDir string) *child {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
-		addr := freePort(t)
-		cmd := exec.Command(os.Args[0], "-test.run=^TestNFSServerProcess$", "-test.v")
-		cmd.Env = append(os.Environ(), childEnv+"=1", childStoreEnv+"="+storeDir,
-			childStateEnv+"="+stateDir, childAddrEnv+"="+addr)
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
+		p := testutil.Child{
+			Run:  "^TestNFSServerProcess$",
+			Args: []string{"-test.v"},
+			Env: []string{childEnv + "=1", childStoreEnv + "=" + storeDir,
+				childStateEnv + "=" + stateDir, childAddrEnv + "=" + freePort(t)},
+		}.Start(t)
+		line, err := p.WaitLine(2*time.Minute, func(l string) bool { return strings.HasPrefix(l, "listening ") })
+		if err == nil {
+			return &child{Proc: p, addr: strings.Fields(line)[1]}
 		}
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		lines := make(chan string, 1)
-		go func() {
-			sc := bufio.NewScanner(out)
-			for sc.Scan() {
-				if strings.HasPrefix(sc.Text(), "listening ") {
-					lines <- sc.Text()
-				}
-			}
-			close(lines)
-		}()
-		select {
-		case line, ok := <-lines:
-			if ok {
-				c := &child{cmd: cmd, addr: strings.Fields(line)[1]}
-				t.Cleanup(c.kill)
-				return c
-			}
-		case <-time.After(60 * time.Second):
-		}
-		cmd.Process.Kill()
-		cmd.Wait()
+		p.Kill()
 		if attempt == 2 {
-			t.Fatalf("server process did not start: %s", stderr.String())
+			t.Fatalf("server process did not start: %v\n%s", err, p.Output())
 		}
 	}
 }
 
 // kill sends SIGKILL and reaps the process.
-func (c *child) kill() {
-	if c.cmd.ProcessState != nil {
-		return
-	}
-	c.cmd.Process.Signal(syscall.SIGKILL)
-	c.cmd.Wait()
-}
+func (c *child) kill() { c.Kill() }
 
 func TestDurabilityAcrossKill(t *testing.T) {
 	if os.Getenv(childEnv) != "" {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"zerofs/fs"
+	"zerofs/internal/testutil"
 	"zerofs/store"
 	"zerofs/store/faultstore"
 )
@@ -52,7 +53,7 @@ func deadConnectionRound(t *testing.T, round int) {
 		t.Fatal(err)
 	}
 	defer func() { st.Clear(); f.Close() }()
-	srv := NewServer(f, Options{Logger: testLogger(t)})
+	srv := NewServer(f, Options{Logger: testutil.Logger(t)})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -1,17 +1,15 @@
 package nfs
 
 import (
-	"bytes"
 	"context"
-	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
 	"zerofs/crypt"
 	"zerofs/fs"
+	"zerofs/internal/testutil"
 	"zerofs/store"
 	"zerofs/store/faultstore"
 )
@@ -33,22 +31,8 @@ func testFSOptions(t testing.TB, st store.Store, dir string) fs.Options {
 		Main: st, Dir: dir, Password: "test password", KeyParams: crypt.TestParams,
 		ChunkSize: 64 << 10, BatchAge: 50 * time.Millisecond,
 		CheckpointInterval: -1, GCInterval: -1,
-		Logger: testLogger(t),
+		Logger: testutil.Logger(t),
 	}
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	if os.Getenv("ZEROFS_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Logf("%s", bytes.TrimRight(p, "\n"))
-	return len(p), nil
 }
 
 func newFixture(t testing.TB, opts Options) *fixture {
@@ -68,7 +52,7 @@ func (f *fixture) start() {
 	f.fs = fsys
 	opts := f.opts
 	if opts.Logger == nil {
-		opts.Logger = testLogger(f.t)
+		opts.Logger = testutil.Logger(f.t)
 	}
 	f.srv = NewServer(fsys, opts)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

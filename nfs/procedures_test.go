@@ -169,7 +169,7 @@ func TestGetattrSetattr(t *testing.T) {
 			}},
 		{"server time", sattrIn{atimeNow: true, mtimeNow: true}, func(t *testing.T, b, a fattr) {
 			now := uint32(time.Now().Unix())
-			if a.mtime.sec+5 < now || a.atime.sec+5 < now {
+			if a.mtime.sec+60 < now || a.atime.sec+60 < now { // generous: a loaded machine
 				t.Fatalf("atime %v mtime %v, now %d", a.atime, a.mtime, now)
 			}
 		}},

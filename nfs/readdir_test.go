@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"zerofs/fs"
 )
@@ -206,8 +207,25 @@ func TestReaddirConcurrentChanges(t *testing.T) {
 			}
 		}()
 	}
+	// Between the first pages of each listing, wait for the directory to
+	// change, until ten changes have happened, however little CPU the
+	// churning clients get. (Not all along: the listing would chase the
+	// entries they keep adding.)
+	var roundStart int64
+	changed := func() {
+		from := churn.Load()
+		if from-roundStart >= 10 {
+			return
+		}
+		for deadline := time.Now().Add(time.Minute); churn.Load() == from; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("no create or remove for a minute")
+			}
+		}
+	}
 	for round, plus := range []bool{false, true, false} {
-		ents := c.listAll(dir, 1500, plus)
+		roundStart = churn.Load()
+		ents := c.listAllPaged(dir, 1500, plus, changed)
 		seen := make(map[string]bool)
 		for _, e := range ents {
 			if seen[e.name] {

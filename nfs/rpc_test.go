@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"zerofs/internal/testutil"
 	"zerofs/store/faultstore"
 )
 
@@ -422,7 +423,7 @@ func TestAllowedNetworks(t *testing.T) {
 func TestShutdown(t *testing.T) {
 	f := newFixture(t, Options{})
 	serve := func() (*Server, string, chan error) {
-		srv := NewServer(f.fs, Options{Logger: testLogger(t)})
+		srv := NewServer(f.fs, Options{Logger: testutil.Logger(t)})
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -431,9 +432,13 @@ func TestShutdown(t *testing.T) {
 		go func() { done <- srv.Serve(ln) }()
 		return srv, ln.Addr().String(), done
 	}
+	// heldCommit sends a COMMIT that waits for the store, and returns once
+	// the server is at work on it.
 	heldCommit := func(c *nfsClient, fh []byte) (chan []byte, *faultstore.Gate) {
-		c.mustWrite(fh, 0, []byte("data"))
+		// Held before the write: its batch must not become durable (after
+		// BatchAge) before the COMMIT, which would then not wait.
 		gate := holdWrites(f)
+		c.mustWrite(fh, 0, []byte("data"))
 		xid := c.xid.Add(1)
 		var w xdrWriter
 		w.opaque(fh)
@@ -443,12 +448,12 @@ func TestShutdown(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		if err := gate.WaitBlocked(ctx, 1); err != nil { // a write is held
-			t.Fatal(err)
+		// The connection reads requests in order and hands each to a worker
+		// before it reads the next: once a GETATTR sent after the COMMIT is
+		// answered, the COMMIT is in progress.
+		if st, _ := c.getattr(fh); st != StatusOK {
+			t.Fatalf("GETATTR behind the COMMIT: %v", st)
 		}
-		time.Sleep(100 * time.Millisecond) // the COMMIT is waiting for the store
 		return ch, gate
 	}
 
@@ -459,13 +464,23 @@ func TestShutdown(t *testing.T) {
 		ch, gate := heldCommit(c, fh)
 		shut := make(chan error, 1)
 		go func() { shut <- srv.Shutdown(context.Background()) }()
+		// Shutdown closes the listener first; on a loaded machine it may
+		// take a while to get there.
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+			nc, err := net.DialTimeout("tcp", addr, time.Second)
+			if err != nil {
+				break
+			}
+			nc.Close()
+			if time.Now().After(deadline) {
+				t.Error("still accepting connections a minute into Shutdown")
+				break
+			}
+		}
 		select {
 		case err := <-shut:
 			t.Fatalf("Shutdown returned (%v) while a COMMIT was in progress", err)
-		case <-time.After(200 * time.Millisecond):
-		}
-		if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			t.Error("still accepting connections during Shutdown")
+		default:
 		}
 		gate.Release()
 		b, err := c.wait(ch)

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"syscall"
 	"testing"
 
+	"zerofs/internal/testutil"
 	"zerofs/store"
 	"zerofs/store/storetest"
 )
@@ -97,9 +97,8 @@ func TestFileProcesses(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cmd := exec.Command(os.Args[0], "-test.run=^TestFileProcesses$", "-test.count=1")
-			cmd.Env = append(os.Environ(), "ZEROFS_FILE_HELPER_DIR="+dir,
-				"ZEROFS_FILE_HELPER_ID="+strconv.Itoa(p), "ZEROFS_FILE_HELPER_ROUNDS="+strconv.Itoa(rounds))
+			cmd := testutil.Child{Run: "^TestFileProcesses$", Env: []string{"ZEROFS_FILE_HELPER_DIR=" + dir,
+				"ZEROFS_FILE_HELPER_ID=" + strconv.Itoa(p), "ZEROFS_FILE_HELPER_ROUNDS=" + strconv.Itoa(rounds)}}.Command()
 			outs[p], errs[p] = cmd.CombinedOutput()
 		}()
 	}

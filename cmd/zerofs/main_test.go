@@ -1,10 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"zerofs/config"
+	"zerofs/internal/testutil"
 )
 
 // The CLI tests build the real binary and run it as users do.
@@ -47,13 +48,26 @@ func zerofsBinary(t *testing.T) string {
 	return binPath
 }
 
+var (
+	portsMu sync.Mutex
+	ports   = map[int]bool{} // handed out by freePort
+)
+
+// freePort returns a free port in 30000-39999, never the same twice in one
+// test binary (a server given the same port twice would fail to start).
 func freePort(t *testing.T) int {
 	t.Helper()
-	for i := 0; i < 50; i++ {
-		p := 30000 + int(time.Now().UnixNano()%10000)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for i := 0; i < 100; i++ {
+		p := 30000 + rand.IntN(10000)
+		if ports[p] {
+			continue
+		}
 		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 		if err == nil {
 			ln.Close()
+			ports[p] = true
 			return p
 		}
 	}
@@ -62,14 +76,11 @@ func freePort(t *testing.T) int {
 }
 
 type server struct {
-	cmd   *exec.Cmd
+	proc  *testutil.Proc
 	dir   string
 	admin string
 	nbd   string
 	nfs   string
-	logs  *strings.Builder
-	mu    *sync.Mutex
-	ready chan struct{}
 }
 
 // startServer runs `zerofs run -c` on the example configuration with only the
@@ -86,7 +97,7 @@ func startServer(t *testing.T, bin, template string) *server {
 }
 
 func newServer(t *testing.T) *server {
-	return &server{dir: t.TempDir(), logs: &strings.Builder{}, mu: &sync.Mutex{}, ready: make(chan struct{})}
+	return &server{dir: t.TempDir()}
 }
 
 // start writes cfg as zerofs.toml in the server's directory and runs it.
@@ -96,54 +107,28 @@ func (s *server) start(t *testing.T, bin, cfg string) *server {
 	if err := os.WriteFile(filepath.Join(dir, "zerofs.toml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s.cmd = exec.Command(bin, "run", "-c", "zerofs.toml")
-	s.cmd.Dir = dir
-	stderr, _ := s.cmd.StderrPipe()
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			s.mu.Lock()
-			s.logs.WriteString(sc.Text() + "\n")
-			s.mu.Unlock()
-			if strings.Contains(sc.Text(), "zerofs is ready") {
-				close(s.ready)
-			}
-		}
-	}()
+	cmd := exec.Command(bin, "run", "-c", "zerofs.toml")
+	cmd.Dir = dir
+	s.proc = testutil.Start(t, cmd) // killed at cleanup if still running
 	t.Cleanup(func() {
-		if s.cmd.ProcessState == nil {
-			s.cmd.Process.Kill()
-			s.cmd.Wait()
-		}
 		if t.Failed() {
 			t.Logf("server log:\n%s", s.log())
 		}
 	})
-	select {
-	case <-s.ready:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("server not ready after 30s:\n%s", s.log())
+	if _, err := s.proc.WaitLine(time.Minute, func(l string) bool { return strings.Contains(l, "zerofs is ready") }); err != nil {
+		t.Fatalf("server not ready: %v\n%s", err, s.log())
 	}
 	return s
 }
 
-func (s *server) log() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.logs.String()
-}
+func (s *server) log() string { return s.proc.Output() }
 
 func (s *server) stop(t *testing.T) {
 	t.Helper()
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- s.cmd.Wait() }()
+	s.proc.Signal(syscall.SIGTERM)
 	select {
-	case err := <-done:
-		if err != nil {
+	case <-s.proc.Exited():
+		if err := s.proc.Err(); err != nil {
 			t.Fatalf("server exited with %v after SIGTERM:\n%s", err, s.log())
 		}
 	case <-time.After(60 * time.Second):
@@ -270,7 +255,7 @@ func TestRunServesAndManagesDevices(t *testing.T) {
 	// move to the cache when the batch is applied, asynchronously. Read
 	// again until the cache has answered, instead of betting on timing.
 	var metrics string
-	for deadline := time.Now().Add(20 * time.Second); ; {
+	for deadline := time.Now().Add(time.Minute); ; {
 		metrics = scrape(t, "http://"+s.admin+"/metrics")
 		if nonZero(metrics, "zerofs_cache_hits_total") || time.Now().After(deadline) {
 			break

@@ -57,7 +57,7 @@ func TestAbandonedConnectionsDuringOutage(t *testing.T) {
 		cmds = append(cmds, "-c", fmt.Sprintf("write -P %d %d 64k", i+1, i<<20))
 	}
 	qemuIO(t, uri, append(cmds, "-c", "flush")...)
-	before := vmHWM(t, s.cmd.Process.Pid)
+	before := vmHWM(t, s.proc.Pid())
 
 	// The outage: the file store can no longer create objects (every PUT
 	// fails, GETs still work).
@@ -115,13 +115,13 @@ func TestAbandonedConnectionsDuringOutage(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			s.cmd.Process.Signal(syscall.SIGQUIT)
+			s.proc.Signal(syscall.SIGQUIT)
 			time.Sleep(2 * time.Second)
 			t.Fatalf("%v bytes of request memory still held 30 s after the clients vanished", held)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	peakOutage := vmHWM(t, s.cmd.Process.Pid)
+	peakOutage := vmHWM(t, s.proc.Pid())
 	endOutage()
 	select {
 	case err := <-survivor:
@@ -131,7 +131,7 @@ func TestAbandonedConnectionsDuringOutage(t *testing.T) {
 	case <-time.After(120 * time.Second):
 		t.Fatal("the flush across the outage did not finish after the store came back")
 	}
-	peak := vmHWM(t, s.cmd.Process.Pid)
+	peak := vmHWM(t, s.proc.Pid())
 	// docs/operations.md, "Memory": the budgets, the memory cache, and a
 	// fixed overhead (runtime, pebble, buffers and garbage) of 160 MiB.
 	const mib = 1 << 20
@@ -143,8 +143,9 @@ func TestAbandonedConnectionsDuringOutage(t *testing.T) {
 	}
 
 	// kill -9 and restart: everything flushed is there.
-	s.cmd.Process.Kill()
-	s.cmd.Wait()
+	if err := s.proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
 	s2 := newServer(t)
 	s2.dir = s.dir
 	s2.nbd, s2.nfs, s2.admin = s.nbd, s.nfs, s.admin

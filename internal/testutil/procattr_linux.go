@@ -2,8 +2,9 @@ package testutil
 
 import "syscall"
 
-// gatewayProcAttr kills the gateway if the test binary dies without cleaning
-// up (a timeout panic, a kill), so no orphan keeps the port and temp dir.
-func gatewayProcAttr() *syscall.SysProcAttr {
+// childProcAttr kills a child (a gateway, a re-executed test binary) if the
+// test binary dies without cleaning up (a timeout panic, a kill), so no
+// orphan keeps a port or a temp dir.
+func childProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }

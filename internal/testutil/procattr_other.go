@@ -4,4 +4,4 @@ package testutil
 
 import "syscall"
 
-func gatewayProcAttr() *syscall.SysProcAttr { return nil }
+func childProcAttr() *syscall.SysProcAttr { return nil }
