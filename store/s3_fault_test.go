@@ -408,7 +408,7 @@ func TestS3Faults(t *testing.T) {
 			t.Fatalf("Put returned %v after its deadline", d)
 		}
 		// The upload is aborted in the background.
-		for deadline := time.Now().Add(10 * time.Second); uploadsLeft(t) != 0; time.Sleep(50 * time.Millisecond) {
+		for deadline := time.Now().Add(60 * time.Second); uploadsLeft(t) != 0; time.Sleep(50 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatal("canceled upload was not aborted")
 			}
