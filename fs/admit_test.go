@@ -4,30 +4,25 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"zerofs/internal/testutil"
 	"zerofs/store"
 	"zerofs/store/faultstore"
 )
 
-// waitMemQueue waits until n mutations are queued for dirty memory. The
-// bound only catches hangs; nothing here measures time.
+// waitMemQueue waits until n mutations are queued for dirty memory.
 func waitMemQueue(t *testing.T, f *FS, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	queued := func() int {
 		f.memMu.Lock()
-		got := len(f.memQ)
-		f.memMu.Unlock()
-		if got == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d mutations queued for memory, want %d", got, n)
-		}
-		time.Sleep(time.Millisecond)
+		defer f.memMu.Unlock()
+		return len(f.memQ)
 	}
+	testutil.Eventually(t, func() bool { return queued() == n },
+		func() string { return fmt.Sprintf("%d mutations queued for memory, want %d", queued(), n) })
 }
 
 // fillDirty writes to file ino from a goroutine until the dirty-memory

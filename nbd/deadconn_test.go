@@ -4,27 +4,23 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"testing"
 	"time"
 
 	"zerofs/fs"
 	"zerofs/internal/budget"
+	"zerofs/internal/testutil"
 	"zerofs/store"
 	"zerofs/store/faultstore"
 )
 
-// waitMemoryWaiters waits until n writes wait for dirty memory in f. The
-// bound only catches hangs.
+// waitMemoryWaiters waits until n writes wait for dirty memory in f.
 func waitMemoryWaiters(t *testing.T, f *fs.FS, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for f.Status().MemoryWaiters != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d writes wait for memory, want %d", f.Status().MemoryWaiters, n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Eventually(t, func() bool { return f.Status().MemoryWaiters == n },
+		func() string { return fmt.Sprintf("%d writes wait for memory, want %d", f.Status().MemoryWaiters, n) })
 }
 
 // TestDeadConnectionWriteNeverRevertsFlush is the reproduction of

@@ -3,9 +3,9 @@ package nfs
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"testing"
-	"time"
 
 	"zerofs/fs"
 	"zerofs/internal/testutil"
@@ -33,13 +33,8 @@ func TestDeadConnectionWriteNeverRevertsCommit(t *testing.T) {
 
 func waitMemoryWaiters(t *testing.T, f *fs.FS, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for f.Status().MemoryWaiters != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d writes wait for memory, want %d", f.Status().MemoryWaiters, n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Eventually(t, func() bool { return f.Status().MemoryWaiters == n },
+		func() string { return fmt.Sprintf("%d writes wait for memory, want %d", f.Status().MemoryWaiters, n) })
 }
 
 func deadConnectionRound(t *testing.T, round int) {

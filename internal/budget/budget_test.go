@@ -3,22 +3,18 @@ package budget
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
-	"time"
+
+	"zerofs/internal/testutil"
 )
 
-// waitQueued waits until b has n waiters (no timing assumption: polls with a
-// generous bound that only catches hangs).
+// waitQueued waits until b has n waiters.
 func waitQueued(t *testing.T, b *Budget, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for b.Waiting() != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("waiters: %d, want %d", b.Waiting(), n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Eventually(t, func() bool { return b.Waiting() == n },
+		func() string { return fmt.Sprintf("waiters: %d, want %d", b.Waiting(), n) })
 }
 
 func TestAcquireRelease(t *testing.T) {
@@ -60,33 +56,29 @@ func TestArrivalOrder(t *testing.T) {
 	if err := b.Acquire(ctx, 100); err != nil {
 		t.Fatal(err)
 	}
-	var (
-		mu    sync.Mutex
-		order []int64
-		wg    sync.WaitGroup
-	)
-	for i, n := range []int64{80, 10, 10} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := b.Acquire(ctx, n); err != nil {
-				t.Error(err)
-				return
-			}
-			mu.Lock()
-			order = append(order, n)
-			mu.Unlock()
-		}()
+	sizes := []int64{80, 10, 10}
+	granted := make([]chan error, len(sizes))
+	for i, n := range sizes {
+		granted[i] = make(chan error, 1)
+		go func() { granted[i] <- b.Acquire(ctx, n) }()
 		waitQueued(t, b, i+1)
 	}
-	b.Release(20) // 20 free: the 10s fit, but the 80 is first
+	b.Release(20) // 20 free: the 10s would fit, but the 80 is first
 	if b.Waiting() != 3 {
 		t.Fatalf("a later waiter overtook the first: %d waiting", b.Waiting())
 	}
-	b.Release(80)
-	wg.Wait()
-	if want := []int64{80, 10, 10}; len(order) != 3 || order[0] != 80 {
-		t.Fatalf("order %v, want %v", order, want)
+	b.Release(60) // 80 free: exactly the first
+	if err := <-granted[0]; err != nil {
+		t.Fatal(err)
+	}
+	if b.Waiting() != 2 {
+		t.Fatalf("%d waiting after the first was served, want 2", b.Waiting())
+	}
+	b.Release(20)
+	for _, ch := range granted[1:] {
+		if err := <-ch; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
