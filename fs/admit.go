@@ -50,14 +50,18 @@ func (f *FS) reserve(ctx context.Context, n int64) (admission, error) {
 	if err := ctx.Err(); err != nil {
 		return admission{}, canceled(ctx)
 	}
-	f.memMu.Lock()
-	if len(f.memQ) == 0 && !f.memDraining && f.roomLocked() {
-		f.reserved += n
-		f.memMu.Unlock()
+	// The fast path takes no lock (no global lock on the data path).
+	// Reading the queue length before memDraining pairs with the queue
+	// setting memDraining before it shrinks, so a newcomer never slips
+	// past a waiter being admitted.
+	if f.memQLen.Load() == 0 && !f.memDraining.Load() && f.room() {
+		f.reserved.Add(n)
 		return admission{n: n}, nil
 	}
+	f.memMu.Lock()
 	w := &memWaiter{wake: make(chan struct{}, 1)}
 	f.memQ = append(f.memQ, w)
+	f.memQLen.Store(int32(len(f.memQ)))
 	f.memWaits.Add(1)
 	for {
 		if err := f.Err(); err != nil {
@@ -65,10 +69,11 @@ func (f *FS) reserve(ctx context.Context, n int64) (admission, error) {
 			f.memMu.Unlock()
 			return admission{}, f.writeErr(err)
 		}
-		if f.memQ[0] == w && !f.memDraining && f.roomLocked() {
+		if f.memQ[0] == w && !f.memDraining.Load() && f.room() {
+			f.memDraining.Store(true)
 			f.memQ = f.memQ[1:]
-			f.reserved += n
-			f.memDraining = true
+			f.memQLen.Store(int32(len(f.memQ)))
+			f.reserved.Add(n)
 			f.memMu.Unlock()
 			return admission{n: n, queued: true}, nil
 		}
@@ -88,19 +93,22 @@ func (f *FS) reserve(ctx context.Context, n int64) (admission, error) {
 
 // unreserve ends an admission made by reserve.
 func (f *FS) unreserve(a admission) {
+	f.reserved.Add(-a.n)
+	if !a.queued && f.memQLen.Load() == 0 {
+		return
+	}
 	f.memMu.Lock()
-	f.reserved -= a.n
 	if a.queued {
-		f.memDraining = false
+		f.memDraining.Store(false)
 	}
 	f.wakeHeadLocked()
 	f.memMu.Unlock()
 }
 
-// roomLocked reports whether dirty memory is under the limit. memMu held.
-func (f *FS) roomLocked() bool {
+// room reports whether dirty memory is under the limit.
+func (f *FS) room() bool {
 	dirty, _ := f.dirtyBytes()
-	return dirty+f.reserved < f.opts.MaxDirtyBytes
+	return dirty+f.reserved.Load() < f.opts.MaxDirtyBytes
 }
 
 // leaveQueueLocked removes w from the queue and wakes whoever is first now.
@@ -111,6 +119,7 @@ func (f *FS) leaveQueueLocked(w *memWaiter) {
 			break
 		}
 	}
+	f.memQLen.Store(int32(len(f.memQ)))
 	f.wakeHeadLocked()
 }
 

@@ -38,10 +38,7 @@ func fillDirty(t *testing.T, f *FS, ino uint64) chan error {
 				done <- err
 				return
 			}
-			f.memMu.Lock()
-			full := !f.roomLocked()
-			f.memMu.Unlock()
-			if full {
+			if !f.room() {
 				// One more write now waits for the store.
 				_, err := f.Write(context.Background(), Root, ino, (i+1)*uint64(len(p)), p)
 				done <- err

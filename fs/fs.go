@@ -191,12 +191,12 @@ type FS struct {
 	nsMu       sync.Mutex // namespace changes: create, link, unlink, rename
 
 	// Dirty memory and back-pressure.
-	memMu sync.Mutex
-	memCV *sync.Cond   // applied batches, for waitApplied
-	memQ  []*memWaiter // reserve's queue, in arrival order
-	// reserved: bytes admitted by reserve, not yet in a batch.
-	reserved    int64
-	memDraining bool         // a mutation admitted from memQ has not finished yet
+	memMu       sync.Mutex
+	memCV       *sync.Cond   // applied batches, for waitApplied
+	memQ        []*memWaiter // reserve's queue, in arrival order
+	memQLen     atomic.Int32 // len(memQ), for reserve's lock-free fast path
+	reserved    atomic.Int64 // bytes admitted by reserve, not yet in a batch
+	memDraining atomic.Bool  // a mutation admitted from memQ has not finished yet
 	memWaits    atomic.Int64 // mutations that had to wait for memory
 
 	kick    chan struct{} // asks the sealer for a seal
