@@ -227,3 +227,30 @@ func TestStalledConnectionIsReset(t *testing.T) {
 		t.Fatalf("block X reads %#x: the stalled connection's unread write was applied", got[0])
 	}
 }
+
+// TestHalfSentPayloadIsReset: a client that sends a WRITE header and stops
+// half-way through the payload would hold shared request memory for ever;
+// after MaxReadWait its connection is reset and the memory comes back.
+func TestHalfSentPayloadIsReset(t *testing.T) {
+	f := openTestFS(t)
+	mustCreateExport(t, f, "dev", 64<<20)
+	requests := budget.New(64 << 20)
+	_, addr := startServer(t, f, Options{Requests: requests, MaxReadWait: 300 * time.Millisecond})
+	c, err := dialClient(addr, "dev", clientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	hdr := encodeRequest(request{typ: cmdWrite, cookie: 1, off: 0, length: 32 << 20})
+	if _, err := c.nc.Write(append(hdr, 0xab)); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, func() bool { return requests.InUse() == 32<<20 },
+		func() string { return fmt.Sprintf("request memory in use %d, want the payload's", requests.InUse()) })
+	c.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, _, err := c.reply(0, 0); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("half-sent payload: reply read %v, want the connection reset", err)
+	}
+	testutil.Eventually(t, func() bool { return requests.InUse() == 0 },
+		func() string { return fmt.Sprintf("request memory in use %d after the reset, want 0", requests.InUse()) })
+}

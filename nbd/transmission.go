@@ -121,6 +121,17 @@ func (c *conn) setDeadline(t time.Time) {
 	c.nc.SetDeadline(t)
 }
 
+// setReadDeadline is setDeadline for reads only (the writer goroutine's
+// writes keep no deadline).
+func (c *conn) setReadDeadline(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.interrupted {
+		t = aLongTimeAgo
+	}
+	c.nc.SetReadDeadline(t)
+}
+
 // StopReading makes the connection read no new request (Shutdown): the
 // requests already read are answered.
 func (c *conn) StopReading() {
@@ -281,8 +292,20 @@ func (c *conn) readLoop() (disc bool) {
 				_, err = io.CopyN(io.Discard, c.br, int64(v.payload))
 			} else if payload, err = c.allocPayload(int(v.payload)); err == nil {
 				// Waiting for memory above left the payload in the
-				// socket: TCP back-pressure, not buffering.
+				// socket: TCP back-pressure, not buffering. A client
+				// that stops half-way through a payload holds shared
+				// memory: it gets MaxReadWait to send the rest.
+				c.setReadDeadline(time.Now().Add(c.s.opts.MaxReadWait))
 				_, err = io.ReadFull(c.br, payload)
+				c.setReadDeadline(time.Time{})
+				if errors.Is(err, os.ErrDeadlineExceeded) && !c.wasInterrupted() {
+					c.freePayload(payload)
+					c.log.Warn("nbd: resetting a connection that stopped in the middle of a write's payload", "waited", c.s.opts.MaxReadWait)
+					c.dead.Store(true)
+					c.cancel(netserve.ErrStalled)
+					netserve.Reset(c.nc)
+					return false
+				}
 			}
 			if err != nil {
 				if payload != nil {

@@ -54,6 +54,7 @@ type conn struct {
 	jobs    chan []byte    // records, to the workers
 	workers sync.WaitGroup // running workers
 	closing atomic.Bool    // Shutdown: read no new requests
+	dmu     sync.Mutex     // orders read-deadline changes with StopReading
 
 	waiting atomic.Int32 // workers waiting for wmu: the last one flushes
 	wmu     sync.Mutex
@@ -73,8 +74,20 @@ func newConn(s *Server, nc net.Conn, remote netip.AddrPort) *conn {
 // StopReading makes the reader stop at the next record boundary (or now,
 // if it is waiting for one); requests already read are still answered.
 func (c *conn) StopReading() {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
 	c.closing.Store(true)
 	c.nc.SetReadDeadline(time.Now())
+}
+
+// setReadDeadline sets the read deadline unless StopReading ran, whose
+// deadline stays.
+func (c *conn) setReadDeadline(t time.Time) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if !c.closing.Load() {
+		c.nc.SetReadDeadline(t)
+	}
 }
 
 var errRecordTooLarge = errors.New("RPC record exceeds the size limit")
@@ -110,6 +123,11 @@ func (c *conn) Serve() {
 			switch {
 			case c.closing.Load() && errors.Is(err, os.ErrDeadlineExceeded):
 				return // Shutdown: requests already read are answered
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				log.Warn("nfs: resetting a connection that stopped in the middle of a request", "waited", c.s.opts.MaxReadWait)
+				c.cancel(netserve.ErrStalled)
+				netserve.Reset(c.nc)
+				return
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), c.ctx.Err() != nil:
 			case errors.Is(err, errRecordTooLarge):
 				log.Warn("nfs: closing connection", "err", err)
@@ -129,7 +147,9 @@ func (c *conn) Serve() {
 // budget; a wait for them longer than Options.MaxReadWait resets the
 // connection (see netserve.ReadWait for why).
 func (c *conn) readRecord(br *bufio.Reader) ([]byte, error) {
-	return readRecord(br, c)
+	rec, err := readRecord(br, c)
+	c.setReadDeadline(time.Time{}) // the next record may be long in coming
+	return rec, err
 }
 
 // Acquire takes n bytes of the request budget for a record being read (the
@@ -140,8 +160,12 @@ func (c *conn) Acquire(n int64) error {
 	err := c.s.requests.Acquire(wctx, n)
 	if err != nil {
 		c.stalled(wctx)
+		return err
 	}
-	return err
+	// A client that stops half-way through a record holds shared memory:
+	// it gets MaxReadWait to send the rest.
+	c.setReadDeadline(time.Now().Add(c.s.opts.MaxReadWait))
+	return nil
 }
 
 // Release returns n bytes taken by Acquire.

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,6 +26,10 @@ import (
 	"zerofs/nfs"
 	"zerofs/store"
 )
+
+// memoryOverhead is what the process holds beyond its budgets and memory
+// cache: pebble's block cache (128 MiB), the runtime, connection buffers.
+const memoryOverhead = 384 << 20
 
 func cmdRun(args []string) error {
 	fl := newFlags("run", "run -c FILE")
@@ -103,6 +108,16 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	// One request budget for both servers: it bounds what all their
 	// connections hold between reading a request and applying it.
 	requests := budget.New(int64(cfg.WAL.MaxRequestMB) << 20)
+	// A soft memory limit from the budgets: without one the Go collector
+	// lets the heap grow to twice what is live, and freed request buffers
+	// linger as garbage (docs/operations.md, "Memory"). GOMEMLIMIT, if
+	// set, wins.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		limit := int64(cfg.WAL.MaxDirtyMB)<<20 + int64(cfg.WAL.MaxRequestMB)<<20 +
+			int64(cfg.Cache.MemorySizeGB*(1<<30)) + memoryOverhead
+		debug.SetMemoryLimit(limit)
+		log.Info("memory limit set from the budgets", "bytes", limit)
+	}
 	m.WatchRequests(requests)
 	var (
 		wg       sync.WaitGroup
