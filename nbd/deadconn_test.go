@@ -252,5 +252,7 @@ func TestHalfSentPayloadIsReset(t *testing.T) {
 		t.Fatalf("half-sent payload: reply read %v, want the connection reset", err)
 	}
 	testutil.Eventually(t, func() bool { return requests.InUse() == 0 },
-		func() string { return fmt.Sprintf("request memory in use %d after the reset, want 0", requests.InUse()) })
+		func() string {
+			return fmt.Sprintf("request memory in use %d after the reset, want 0", requests.InUse())
+		})
 }
