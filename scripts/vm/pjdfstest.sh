@@ -15,6 +15,7 @@
 #
 # Environment:
 #   ZEROFS_BIN=path      test this binary instead of `make build`'s bin/zerofs
+#                        (ZEROFS_VERSION=... names it in the log)
 #   PJDFSTEST_SRC=dir    pjdfstest checkout (default $VMH_DIR/pjdfstest-src;
 #                        cloned from PJDFSTEST_REPO at PJDFSTEST_REF if missing)
 #   PORT=N               NFS+MOUNT port (default: the first free one from 22149)
@@ -41,7 +42,10 @@ free_port() {
 PORT=${PORT:-$(free_port)}
 
 # zerofs
-if [ -z "${ZEROFS_BIN:-}" ]; then make build >/dev/null; ZEROFS_BIN=$PWD/bin/zerofs; fi
+if [ -z "${ZEROFS_BIN:-}" ]; then
+  make build >/dev/null; ZEROFS_BIN=$PWD/bin/zerofs
+  ZEROFS_VERSION=${ZEROFS_VERSION:-$(git describe --always --dirty 2>/dev/null)}
+fi
 # pjdfstest, built statically so that it runs in the guest whatever the host's libc
 if [ ! -d "$PJ" ]; then
   git clone -q "$PJDFSTEST_REPO" "$PJ"
@@ -95,7 +99,9 @@ T=/mnt/share/pjdfstest/tests
 dirs=(); for d in "$@"; do dirs+=("$T/$d"); done; ((${#dirs[@]})) || dirs=("$T")
 echo "=== [$(date +%T)] $(uname -r), umask $(umask), cwd $PWD: ${dirs[*]}"
 if command -v prove >/dev/null; then
-  prove -rv "${dirs[@]}"
+  # prove's stdout is a file: flush every line (progress on the host, nothing lost if the VM dies)
+  echo 'STDOUT->autoflush(1); STDERR->autoflush(1); 1;' >/tmp/Autoflush.pm
+  PERL5LIB=/tmp PERL5OPT=-MAutoflush prove -rv "${dirs[@]}"
 else  # no perl: the same TAP output, without prove's final report
   find "${dirs[@]}" -name '*.t' | sort | while read -r t; do echo "$t .. "; sh "$t"; done
   echo "(prove not found: ran the .t files with sh)"
@@ -110,7 +116,7 @@ chmod +x "$W/guest.sh"
 start=$(date +%s)
 {
   echo "# scripts/vm/pjdfstest.sh $*"
-  echo "# $(date -u +'%F %T UTC'); zerofs $(git describe --always --dirty 2>/dev/null) ($ZEROFS_BIN);" \
+  echo "# $(date -u +'%F %T UTC'); zerofs ${ZEROFS_VERSION:-?} ($ZEROFS_BIN);" \
     "pjdfstest $(git -C "$PJ" rev-parse --short HEAD 2>/dev/null || echo '?'); NFS port $PORT"
 } >"$LOG"
 echo "pjdfstest: zerofs on 127.0.0.1:$PORT, log $LOG"
