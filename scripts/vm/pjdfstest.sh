@@ -5,7 +5,7 @@
 # build-image.sh) mounts it with mount -t nfs -o vers=3,...,nolock and runs
 # `prove -rv` as root in a directory of the mount. Results: docs/nfs.md.
 #
-#   scripts/vm/pjdfstest.sh                  # every test (~1.5-2 h under TCG)
+#   scripts/vm/pjdfstest.sh                  # every test (75 min under TCG here)
 #   scripts/vm/pjdfstest.sh chown chmod      # only tests/chown, tests/chmod
 #
 # The full prove output is saved on the host ($LOG, default
