@@ -170,8 +170,22 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		data, err := l.main.Get(ctx, HeadKey, 0, -1)
+		// The ETag is read before the content. Read the other way round, a
+		// claim landing between the two reads pairs the new ETag with the old
+		// content: the CAS below would then succeed and hand out the epoch the
+		// other writer already holds. In this order a change between the reads
+		// makes the ETag stale, the CAS fails and we go round again.
+		info, err := l.main.Head(ctx, HeadKey)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("read head from %s: %w", l.main, err)
+		}
+		var data []byte
+		if err == nil {
+			data, err = l.main.Get(ctx, HeadKey, 0, -1)
+		}
 		switch {
+		case errors.Is(err, store.ErrNotFound) && info.ETag != "":
+			continue // deleted between the reads: look again
 		case errors.Is(err, store.ErrNotFound):
 			h := Head{Epoch: 1, Init: opts.Init}
 			if _, err := rand.Read(h.FSID[:]); err != nil {
@@ -190,16 +204,10 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 		case err != nil:
 			return nil, fmt.Errorf("read head from %s: %w", l.main, err)
 		}
-		info, err := l.main.Head(ctx, HeadKey)
-		if err != nil {
-			return nil, fmt.Errorf("read head from %s: %w", l.main, err)
-		}
 		h, err := decodeHead(data)
 		if err != nil {
 			return nil, fmt.Errorf("head in %s: %w", l.main, err)
 		}
-		// The ETag was read after the content; if they disagree the CAS below
-		// fails and we go round again, so a claim never rests on stale content.
 		prev := h.Epoch
 		h.Epoch++
 		etag, err := l.main.PutIfMatch(ctx, HeadKey, h.encode(), info.ETag)
