@@ -26,4 +26,10 @@ type Cache interface {
 
 	// Delete drops id from the cache, if present.
 	Delete(id uint64)
+
+	// GetScan and PutScan are Get and Put for a sequential scan, which
+	// touches each frame about once: what only a scan reads must be the
+	// first to go, so that one big pass does not evict the hot set.
+	GetScan(id uint64) ([]byte, bool)
+	PutScan(id uint64, data []byte)
 }

@@ -127,7 +127,15 @@ func (d *Disk) offset(slot uint32) int64 { return int64(slot) * int64(d.slotSize
 // Get returns a copy of the frame stored under id and true, or nil and false
 // if the cache does not hold it or its slot fails its checks (a slot that
 // fails is dropped from the cache).
-func (d *Disk) Get(id uint64) ([]byte, bool) {
+func (d *Disk) Get(id uint64) ([]byte, bool) { return d.get(id, true) }
+
+// GetScan is Get for a sequential scan: it leaves the entry's CLOCK
+// reference bit alone, so a frame only scans read (Put leaves the bit clear)
+// is the first the hand evicts, and hot frames outlast a pass over the
+// whole cache by one more turn of the hand.
+func (d *Disk) GetScan(id uint64) ([]byte, bool) { return d.get(id, false) }
+
+func (d *Disk) get(id uint64, ref bool) ([]byte, bool) {
 	if d.f == nil || d.closed.Load() {
 		d.offMisses.Add(1)
 		return nil, false
@@ -141,7 +149,9 @@ func (d *Disk) Get(id uint64) ([]byte, bool) {
 		return nil, false
 	}
 	m := &s.slots[i] // s.slots is never reallocated
-	m.ref = true
+	if ref {
+		m.ref = true
+	}
 	m.pins++ // no Put reuses the slot until we unpin it
 	n := int(m.length)
 	s.mu.Unlock()
@@ -263,6 +273,10 @@ func (d *Disk) Put(id uint64, data []byte) {
 		d.finishClear(s, old, id)
 	}
 }
+
+// PutScan is Put: a new entry's reference bit is clear either way, and only
+// Get sets it.
+func (d *Disk) PutScan(id uint64, data []byte) { d.Put(id, data) }
 
 // Delete drops id from the cache, if present, and empties its slot on disk so
 // the entry does not come back when the cache is reopened. A Put of id in

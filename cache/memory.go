@@ -26,6 +26,16 @@ const (
 // equal share of the capacity and evicts its own least recently used entries,
 // so eviction order is LRU within a shard and approximately LRU overall.
 //
+// Scan resistance. Frames that a sequential scan reads (PutScan, GetScan) —
+// a ZFS resilver or scrub, a backup, read-ahead — are kept in a scan area
+// apart from the LRU list: a scan touches each frame about once, and under
+// plain LRU one pass over more than the capacity would evict the whole hot
+// set. The scan area is a FIFO. It may use whatever room the LRU list leaves
+// free, and takes room from the LRU list only up to ScanShare of the
+// capacity (enough for read-ahead to land and be read); beyond that a scan
+// evicts only its own older frames. A frame the scan area holds becomes hot
+// — moves to the LRU list — when an ordinary Get asks for it.
+//
 // A value is charged len(data) + EntryOverhead bytes. A value whose charge
 // exceeds one shard's share of the capacity (MaxValueSize) is ignored by Put.
 type Memory struct {
@@ -45,6 +55,9 @@ type shard struct {
 	used     int64 // guarded by mu
 	items    map[uint64]*entry
 	root     entry // sentinel: root.next is most recently used, root.prev least
+	scan     entry // sentinel of the scan area: scan.next newest, scan.prev oldest
+	scanUsed int64 // charge of the scan area; guarded by mu
+	scanMin  int64 // room the scan area may take from the LRU list
 
 	hits      atomic.Uint64
 	misses    atomic.Uint64
@@ -60,7 +73,12 @@ type entry struct {
 	id         uint64
 	data       []byte
 	charge     int64
+	scanned    bool // in the scan area, not the LRU list
 }
+
+// ScanShare is the part of the capacity the scan area may take from
+// recently used frames: a quarter.
+const ScanShare = 4
 
 // NewMemory returns a cache holding at most capacityBytes bytes (counting
 // EntryOverhead per entry). A capacity of zero or less disables the cache:
@@ -85,6 +103,9 @@ func NewMemory(capacityBytes int64) *Memory {
 		s.items = make(map[uint64]*entry)
 		s.root.next = &s.root
 		s.root.prev = &s.root
+		s.scan.next = &s.scan
+		s.scan.prev = &s.scan
+		s.scanMin = per / ScanShare
 	}
 	return m
 }
@@ -105,8 +126,14 @@ func (m *Memory) MaxValueSize() int64 {
 	return m.shards[0].capacity - EntryOverhead
 }
 
-// Get implements Cache.
-func (m *Memory) Get(id uint64) ([]byte, bool) {
+// Get implements Cache. A frame in the scan area moves to the LRU list.
+func (m *Memory) Get(id uint64) ([]byte, bool) { return m.get(id, false) }
+
+// GetScan is Get for a sequential scan: it leaves the frame where it is, so
+// that frames only the scan reads stay first to go.
+func (m *Memory) GetScan(id uint64) ([]byte, bool) { return m.get(id, true) }
+
+func (m *Memory) get(id uint64, scan bool) ([]byte, bool) {
 	if len(m.shards) == 0 {
 		m.misses.Add(1)
 		return nil, false
@@ -119,7 +146,9 @@ func (m *Memory) Get(id uint64) ([]byte, bool) {
 		s.misses.Add(1)
 		return nil, false
 	}
-	s.moveToFront(e)
+	if !scan {
+		s.moveToFront(e)
+	}
 	data := e.data
 	s.mu.Unlock()
 	s.hits.Add(1)
@@ -127,7 +156,13 @@ func (m *Memory) Get(id uint64) ([]byte, bool) {
 }
 
 // Put implements Cache.
-func (m *Memory) Put(id uint64, data []byte) {
+func (m *Memory) Put(id uint64, data []byte) { m.put(id, data, false) }
+
+// PutScan stores a frame a sequential scan read (or read-ahead fetched for
+// one) in the scan area, unless the cache already holds it.
+func (m *Memory) PutScan(id uint64, data []byte) { m.put(id, data, true) }
+
+func (m *Memory) put(id uint64, data []byte, scan bool) {
 	if len(m.shards) == 0 {
 		return
 	}
@@ -137,21 +172,30 @@ func (m *Memory) Put(id uint64, data []byte) {
 		return
 	}
 	s.mu.Lock()
-	if e, ok := s.items[id]; ok {
+	e, ok := s.items[id]
+	switch {
+	case ok && scan:
 		s.used += charge - e.charge
+		if e.scanned {
+			s.scanUsed += charge - e.charge
+		}
+		e.data, e.charge = data, charge
+	case ok:
+		s.used += charge - e.charge
+		if e.scanned {
+			s.scanUsed += charge - e.charge
+		}
 		e.data, e.charge = data, charge
 		s.moveToFront(e)
-	} else {
-		e := &entry{id: id, data: data, charge: charge}
+	default:
+		e = &entry{id: id, data: data, charge: charge, scanned: scan}
 		s.items[id] = e
-		s.pushFront(e)
+		s.link(e)
 		s.used += charge
 	}
-	// The new entry is at the front and fits on its own, so eviction stops
-	// before reaching it.
 	var evicted uint64
 	for s.used > s.capacity {
-		s.remove(s.root.prev)
+		s.remove(s.victim(e))
 		evicted++
 	}
 	if evicted > 0 {
@@ -160,6 +204,23 @@ func (m *Memory) Put(id uint64, data []byte) {
 	s.bytes.Store(s.used)
 	s.entries.Store(int64(len(s.items)))
 	s.mu.Unlock()
+}
+
+// victim is the entry to evict to make room for keep, which fits on its
+// own: the scan area's oldest while the scan area is over its share (or the
+// LRU list has nothing else), else the least recently used. Caller holds
+// s.mu.
+func (s *shard) victim(keep *entry) *entry {
+	scanOldest, lruOldest := s.scan.prev, s.root.prev
+	scanOK := scanOldest != &s.scan && scanOldest != keep
+	lruOK := lruOldest != &s.root && lruOldest != keep
+	if scanOK && (s.scanUsed > s.scanMin || !lruOK) {
+		return scanOldest
+	}
+	if lruOK {
+		return lruOldest
+	}
+	return scanOldest
 }
 
 // Delete implements Cache.
@@ -179,29 +240,44 @@ func (m *Memory) Delete(id uint64) {
 
 // remove unlinks e and forgets it. Caller holds s.mu.
 func (s *shard) remove(e *entry) {
-	e.prev.next = e.next
-	e.next.prev = e.prev
-	e.prev, e.next = nil, nil
+	s.unlink(e)
 	delete(s.items, e.id)
 	s.used -= e.charge
 }
 
-// pushFront links e as most recently used. Caller holds s.mu.
-func (s *shard) pushFront(e *entry) {
-	e.prev = &s.root
-	e.next = s.root.next
-	s.root.next.prev = e
-	s.root.next = e
+// unlink takes e out of its list. Caller holds s.mu.
+func (s *shard) unlink(e *entry) {
+	e.prev.next = e.next
+	e.next.prev = e.prev
+	e.prev, e.next = nil, nil
+	if e.scanned {
+		s.scanUsed -= e.charge
+	}
 }
 
-// moveToFront marks e most recently used. Caller holds s.mu.
+// link puts e at the front of its list: most recently used, or newest in
+// the scan area. Caller holds s.mu.
+func (s *shard) link(e *entry) {
+	root := &s.root
+	if e.scanned {
+		root = &s.scan
+		s.scanUsed += e.charge
+	}
+	e.prev = root
+	e.next = root.next
+	root.next.prev = e
+	root.next = e
+}
+
+// moveToFront marks e most recently used, taking it out of the scan area if
+// it was there. Caller holds s.mu.
 func (s *shard) moveToFront(e *entry) {
 	if s.root.next == e {
 		return
 	}
-	e.prev.next = e.next
-	e.next.prev = e.prev
-	s.pushFront(e)
+	s.unlink(e)
+	e.scanned = false
+	s.link(e)
 }
 
 // Stats is a snapshot of a cache's counters. Hits, Misses and Evictions are

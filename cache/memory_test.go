@@ -334,3 +334,77 @@ func BenchmarkMemoryPut(b *testing.B) {
 		}
 	})
 }
+
+// A sequential scan many times the capacity does not evict the hot set: it
+// only cycles through the scan area.
+func TestMemoryScanKeepsHotSet(t *testing.T) {
+	const frame = 4096
+	m := NewMemory(4 << 20) // one shard: exact accounting
+	hot := int64(2<<20) / (frame + EntryOverhead)
+	for id := range uint64(hot) {
+		m.Put(id, make([]byte, frame))
+	}
+	for id := uint64(1 << 20); id < 1<<20+10*1024; id++ { // a 40 MiB scan
+		m.PutScan(id, make([]byte, frame))
+		if _, ok := m.GetScan(id); !ok {
+			t.Fatalf("scan frame %d gone right after it was put", id)
+		}
+	}
+	for id := range uint64(hot) {
+		if _, ok := m.Get(id); !ok {
+			t.Fatalf("hot frame %d evicted by a scan", id)
+		}
+	}
+}
+
+// The scan area uses room the LRU list leaves free, and gives it back.
+func TestMemoryScanArea(t *testing.T) {
+	const frame = 4096
+	m := NewMemory(4 << 20)
+	fits := uint64(4<<20) / (frame + EntryOverhead)
+	cases := []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"scan fills an empty cache", func(t *testing.T) {
+			for id := range fits {
+				m.PutScan(id, make([]byte, frame))
+			}
+			if st := m.Stats(); st.Entries != int64(fits) || st.Evictions != 0 {
+				t.Fatalf("%d entries, %d evictions; want %d, 0", st.Entries, st.Evictions, fits)
+			}
+		}},
+		{"ordinary puts take the room back, down to the scan share", func(t *testing.T) {
+			for id := fits; id < 3*fits; id++ {
+				m.Put(id, make([]byte, frame))
+			}
+			scanLeft := 0
+			for id := range fits {
+				if _, ok := m.GetScan(id); ok {
+					scanLeft++
+				}
+			}
+			if want := int(fits / ScanShare); scanLeft < want-1 || scanLeft > want+1 {
+				t.Fatalf("%d scan frames left, want the scan share, about %d", scanLeft, want)
+			}
+		}},
+		{"a Get makes a scan frame hot", func(t *testing.T) {
+			var id uint64
+			for ; id < fits; id++ {
+				if _, ok := m.GetScan(id); ok {
+					break
+				}
+			}
+			m.Get(id) // now in the LRU list, most recently used
+			for n := uint64(0); n < fits/ScanShare+8; n++ {
+				m.PutScan(1<<30+n, make([]byte, frame))
+			}
+			if _, ok := m.Get(id); !ok {
+				t.Fatal("a frame made hot by Get was evicted by a scan")
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, tc.run)
+	}
+}

@@ -61,6 +61,10 @@ type Options struct {
 	// (what was read from the store or recently written), between the
 	// memory cache and the store. Zero disables it.
 	DiskCacheBytes int64
+	// ReadAheadBytes caps how far ahead of a sequential reader frames are
+	// fetched (see readahead.go). Zero means 32 MiB; negative disables
+	// read-ahead.
+	ReadAheadBytes int64
 
 	// BatchBytes seals the open batch when its dirty data reaches this size.
 	BatchBytes int64
@@ -96,6 +100,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.CacheBytes == 0 {
 		o.CacheBytes = 256 << 20
+	}
+	if o.ReadAheadBytes == 0 {
+		o.ReadAheadBytes = 32 << 20
 	}
 	if o.BatchBytes == 0 {
 		o.BatchBytes = 16 << 20
@@ -206,7 +213,8 @@ type FS struct {
 	applyCh chan *batch // durable batches, to the applier
 
 	flights flightGroup // concurrent misses on one frame share one GET
-	pending sync.Map    // frame id → raw bytes of frames encoded, not yet applied
+	ra      readAhead
+	pending sync.Map // frame id → raw bytes of frames encoded, not yet applied
 
 	failed atomic.Pointer[error] // sticky: fenced, closed
 
@@ -288,6 +296,10 @@ func Open(ctx context.Context, opts Options) (*FS, error) {
 		stop:    make(chan struct{}),
 	}
 	f.memCV = sync.NewCond(&f.memMu)
+	if opts.ReadAheadBytes > 0 {
+		f.ra.max = uint64(opts.ReadAheadBytes)
+		f.ra.maxTotal = 4 * opts.ReadAheadBytes // four sequential readers at full speed
+	}
 	f.bgCtx, f.bgCancel = context.WithCancel(context.Background())
 	err = f.recover(ctx)
 	if err == nil && opts.DiskCacheBytes > 0 {
@@ -488,15 +500,15 @@ type Stats struct {
 	// CommitLatency: from a batch's seal to its WAL record being durable.
 	CommitLatency Histogram
 	// CommitBytes: bytes of WAL records written.
-	CommitBytes   atomic.Int64
-	FlushRecords  atomic.Int64
-	FrameBytes    atomic.Int64
-	StoreGets     atomic.Int64
-	StoreGetBytes atomic.Int64
-	StoreErrors   atomic.Int64 // data reads that failed (other than a moved object)
-	CorruptFrames atomic.Int64
-	GCDeleted     atomic.Int64
-	GCPacked      atomic.Int64
+	CommitBytes  atomic.Int64
+	FlushRecords atomic.Int64
+	FrameBytes   atomic.Int64
+	StoreGets    atomic.Int64
+	StoreGetBytes  atomic.Int64
+	StoreErrors    atomic.Int64 // data reads that failed (other than a moved object)
+	CorruptFrames  atomic.Int64
+	GCDeleted      atomic.Int64
+	GCPacked       atomic.Int64
 }
 
 // Stats returns the filesystem's counters.

@@ -340,7 +340,7 @@ func (f *FS) rewriteChunk(ctx context.Context, id chunkID) (bool, error) {
 		return false, err // dirty chunks are rewritten by their own seal
 	}
 	data := make([]byte, f.chunkSize)
-	if _, err := f.fillPieces(ctx, id, pieces, 0, f.chunkSize, data, nil, nil); err != nil {
+	if _, err := f.fillPieces(ctx, id, pieces, 0, f.chunkSize, data, nil, nil, nil); err != nil {
 		if errors.Is(err, errObjectGone) {
 			return false, nil
 		}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 
 	"zerofs/frame"
 	"zerofs/store"
@@ -97,7 +96,12 @@ func (f *FS) read(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte
 		return 0, true, nil
 	}
 	total := int(min(uint64(len(p)), n.Size-off))
-	if err := f.readRange(ctx, chain, ino, off, p[:total], out); err != nil {
+	var todo [4]raRange
+	seq, ra := f.ra.observe(f.bgCtx, ino, off, uint64(total), n.Size, todo[:0])
+	for _, r := range ra {
+		go f.readAheadRange(r)
+	}
+	if err := f.readRange(ctx, chain, ino, off, p[:total], out, fetchOpts{runCtx: f.bgCtx, scan: seq}); err != nil {
 		return 0, false, err
 	}
 	return total, off+uint64(total) >= n.Size, nil
@@ -105,17 +109,63 @@ func (f *FS) read(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte
 
 // readRange fills p with the file's bytes at off, ignoring the file size,
 // reporting to out (which may be nil) what it found.
-func (f *FS) readRange(ctx context.Context, chain []*batch, ino, off uint64, p []byte, out *readOut) error {
+//
+// It works in three steps, so that a read costs one round of store requests
+// however many chunks it spans (see fetch.go): plan each chunk (under its
+// lock, copy what dirty batches hold and note the pieces the rest comes
+// from), fetch every frame not in memory at once, then fill. Should
+// garbage collection move a frame between plan and fetch, the read starts
+// again chunk by chunk, each chunk looked up afresh.
+func (f *FS) readRange(ctx context.Context, chain []*batch, ino, off uint64, p []byte, out *readOut, o fetchOpts) error {
+	cs := uint64(f.chunkSize)
+	var planBuf [16]chunkPlan
+	plans := planBuf[:0]
+	var want []frameWant
+	for done := 0; done < len(p); {
+		pos := off + uint64(done)
+		pl := chunkPlan{id: chunkID{ino, pos / cs}, a: uint32(pos % cs), at: done}
+		pl.e = uint32(min(cs, uint64(pl.a)+uint64(len(p)-done)))
+		pl.dst = p[done : done+int(pl.e-pl.a)]
+		if err := f.planChunk(chain, &pl); err != nil {
+			return err
+		}
+		for _, pc := range pl.pieces {
+			if max(pc.Off, pl.a) < min(pc.end(), pl.e) {
+				want = append(want, frameWant{pc.Frame, pl.id})
+			}
+		}
+		plans = append(plans, pl)
+		done += int(pl.e - pl.a)
+	}
+	var have map[uint64][]byte
+	if len(want) > 0 {
+		var err error
+		have, err = f.fetchFrames(ctx, want, o)
+		if errors.Is(err, errObjectGone) {
+			return f.readChunks(ctx, ino, off, p, out)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	for i := range plans {
+		if err := f.fillChunk(ctx, &plans[i], have, out); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readChunks is readRange one chunk at a time, each looked up afresh and
+// retried if its frame moves: the slow path after a frame moved under a read.
+func (f *FS) readChunks(ctx context.Context, ino, off uint64, p []byte, out *readOut) error {
 	cs := uint64(f.chunkSize)
 	for done := 0; done < len(p); {
 		pos := off + uint64(done)
 		id := chunkID{ino, pos / cs}
 		a := uint32(pos % cs)
 		e := uint32(min(cs, uint64(a)+uint64(len(p)-done)))
-		if out != nil {
-			out.at = done
-		}
-		if err := f.readChunk(ctx, chain, id, a, e, p[done:done+int(e-a)], out); err != nil {
+		if err := f.readChunk(ctx, id, a, e, p[done:done+int(e-a)], out, done); err != nil {
 			return err
 		}
 		done += int(e - a)
@@ -123,58 +173,91 @@ func (f *FS) readRange(ctx context.Context, chain []*batch, ino, off uint64, p [
 	return nil
 }
 
-// readChunk fills dst with bytes [a, e) of chunk id, reporting to out (which
-// may be nil) what it found.
-func (f *FS) readChunk(ctx context.Context, chain []*batch, id chunkID, a, e uint32, dst []byte, out *readOut) error {
-	sharedBefore := 0
+// chunkPlan is one chunk's part of a read: bytes [a, e) of chunk id, into
+// dst at offset at of the read's buffer. Planning copies what dirty batches
+// hold into dst (got) and leaves pieces, where the rest is to come from.
+type chunkPlan struct {
+	id     chunkID
+	a, e   uint32
+	at     int
+	dst    []byte
+	got    []span
+	pieces []Piece
+	buf    [4]span
+}
+
+// planChunk looks pl's chunk up in chain and copies its dirty bytes.
+func (f *FS) planChunk(chain []*batch, pl *chunkPlan) error {
+	pl.got = pl.buf[:0]
+	mu := f.chunkLock(pl.id)
+	mu.Lock()
+	defer mu.Unlock()
+	dc, pieces, err := f.lookupChunk(chain, pl.id)
+	if err != nil {
+		return err
+	}
+	if dc != nil {
+		for _, s := range dc.cover {
+			lo, hi := max(s.a, pl.a), min(s.b, pl.e)
+			if lo < hi {
+				copy(pl.dst[lo-pl.a:hi-pl.a], dc.bytes(lo, hi))
+				pl.got = append(pl.got, span{lo, hi})
+			}
+		}
+		pieces = dc.base
+	}
+	pl.pieces = pieces
+	return nil
+}
+
+// fillChunk copies pl's pieces into its buffer, from have (frames fetched
+// for the read) or memory, zeroes the rest and reports holes to out.
+func (f *FS) fillChunk(ctx context.Context, pl *chunkPlan, have map[uint64][]byte, out *readOut) error {
 	if out != nil {
-		sharedBefore = len(out.shared)
+		out.at = pl.at
+	}
+	got, err := f.fillPieces(ctx, pl.id, pl.pieces, pl.a, pl.e, pl.dst, pl.got, out, have)
+	if err != nil {
+		return err
+	}
+	base := pl.id.idx * uint64(f.chunkSize)
+	zeroGaps(pl.dst, pl.a, pl.e, got, func(lo, hi uint32) {
+		if out == nil {
+			return
+		}
+		if k := len(out.holes) - 1; k >= 0 && out.holes[k].Off+out.holes[k].Len == base+uint64(lo) {
+			out.holes[k].Len += uint64(hi - lo)
+			return
+		}
+		out.holes = append(out.holes, Extent{Off: base + uint64(lo), Len: uint64(hi - lo), Hole: true})
+	})
+	return nil
+}
+
+// readChunk fills dst, at offset at of the read's buffer, with bytes [a, e)
+// of chunk id, reporting to out (which may be nil) what it found. It looks
+// the chunk up again if garbage collection moves its frame meanwhile.
+func (f *FS) readChunk(ctx context.Context, id chunkID, a, e uint32, dst []byte, out *readOut, at int) error {
+	sharedBefore, holesBefore := 0, 0
+	if out != nil {
+		sharedBefore, holesBefore = len(out.shared), len(out.holes)
 	}
 	for attempt := 0; ; attempt++ {
 		if out != nil {
-			out.shared = out.shared[:sharedBefore] // a retry starts over
+			// A retry starts over.
+			out.shared, out.holes = out.shared[:sharedBefore], out.holes[:holesBefore]
 		}
-		var filled [16]span // what was copied, to zero only the holes
-		got := filled[:0]
-		mu := f.chunkLock(id)
-		mu.Lock()
-		dc, pieces, err := f.lookupChunk(chain, id)
-		if err == nil && dc != nil {
-			for _, s := range dc.cover {
-				lo, hi := max(s.a, a), min(s.b, e)
-				if lo < hi {
-					copy(dst[lo-a:hi-a], dc.bytes(lo, hi))
-					got = append(got, span{lo, hi})
-				}
-			}
-			pieces = dc.base
-		}
-		mu.Unlock()
-		if err != nil {
+		pl := chunkPlan{id: id, a: a, e: e, at: at, dst: dst}
+		if err := f.planChunk(f.chain(), &pl); err != nil {
 			return err
 		}
-		got, err = f.fillPieces(ctx, id, pieces, a, e, dst, got, out)
+		err := f.fillChunk(ctx, &pl, nil, out)
 		if errors.Is(err, errObjectGone) && attempt < 3 {
 			// Garbage collection moved the frame and deleted its old
 			// object between our lookup and the GET: look again.
-			chain = f.chain()
 			continue
 		}
-		if err != nil {
-			return err
-		}
-		base := id.idx * uint64(f.chunkSize)
-		zeroGaps(dst, a, e, got, func(lo, hi uint32) {
-			if out == nil {
-				return
-			}
-			if k := len(out.holes) - 1; k >= 0 && out.holes[k].Off+out.holes[k].Len == base+uint64(lo) {
-				out.holes[k].Len += uint64(hi - lo)
-				return
-			}
-			out.holes = append(out.holes, Extent{Off: base + uint64(lo), Len: uint64(hi - lo), Hole: true})
-		})
-		return nil
+		return err
 	}
 }
 
@@ -197,18 +280,22 @@ func zeroGaps(dst []byte, a, e uint32, got []span, hole func(lo, hi uint32)) {
 }
 
 // fillPieces copies the parts of pieces that overlap [a, e) into dst and
-// appends the spans it filled to got. With out.shared wanted, it records
+// appends the spans it filled to got, taking frames from have (may be nil)
+// or else from frameData. With out.shared wanted, it records
 // slices of the frames instead of copying them (see ReadShared), in offset
 // order: pieces are sorted and disjoint (decodePieces checks it).
-func (f *FS) fillPieces(ctx context.Context, id chunkID, pieces []Piece, a, e uint32, dst []byte, got []span, out *readOut) ([]span, error) {
+func (f *FS) fillPieces(ctx context.Context, id chunkID, pieces []Piece, a, e uint32, dst []byte, got []span, out *readOut, have map[uint64][]byte) ([]span, error) {
 	for _, p := range pieces {
 		lo, hi := max(p.Off, a), min(p.end(), e)
 		if lo >= hi {
 			continue
 		}
-		raw, err := f.frameData(ctx, p.Frame, id)
-		if err != nil {
-			return got, err
+		raw := have[p.Frame.ID]
+		if raw == nil {
+			var err error
+			if raw, err = f.frameData(ctx, p.Frame, id); err != nil {
+				return got, err
+			}
 		}
 		src := p.Skip + (lo - p.Off)
 		if out != nil {
@@ -225,48 +312,14 @@ var errObjectGone = errors.New("data object not found")
 
 // frameData returns the decoded bytes of frame ref of chunk id.
 func (f *FS) frameData(ctx context.Context, ref FrameRef, id chunkID) ([]byte, error) {
-	if raw, ok := f.cache.Get(ref.ID); ok {
+	if raw, ok := f.memFrame(ref.ID, false); ok {
 		return raw, nil
 	}
-	if raw, ok := f.pending.Load(ref.ID); ok {
-		return raw.([]byte), nil // a batch's frame, its record not yet applied
+	have, err := f.fetchFrames(ctx, []frameWant{{ref, id}}, fetchOpts{runCtx: f.bgCtx})
+	if err != nil {
+		return nil, err
 	}
-	fid := frame.ID{Frame: ref.ID, Ino: id.ino, Chunk: id.idx}
-	return f.flights.do(ctx, ref.ID, func() ([]byte, error) {
-		if f.disk != nil {
-			if enc, ok := f.disk.Get(ref.ID); ok {
-				raw, err := f.coder.Decode(nil, enc, fid)
-				if err == nil && len(raw) == int(ref.Raw) {
-					f.cache.Put(ref.ID, raw)
-					return raw, nil
-				}
-				// A damaged cache file: drop the entry, read the store.
-				f.disk.Delete(ref.ID)
-				f.log.Warn("disk cache entry failed authentication; reading the store", "frame", ref.ID, "err", err)
-			}
-		}
-		// Not the caller's context: the GET is shared, and one caller
-		// giving up (its connection died) must not fail the others.
-		enc, err := f.readObject(f.bgCtx, ref.Obj, int64(ref.Off), int64(ref.Size))
-		if err != nil {
-			return nil, err
-		}
-		raw, err := f.coder.Decode(nil, enc, fid)
-		if err == nil && len(raw) != int(ref.Raw) {
-			err = fmt.Errorf("frame %016x decoded to %d bytes, metadata says %d: %w", ref.ID, len(raw), ref.Raw, frame.ErrCorrupt)
-		}
-		if err != nil {
-			f.stats.CorruptFrames.Add(1)
-			f.log.Error("corrupt data frame: reads of this range fail with EIO", "inode", id.ino, "chunk", id.idx,
-				"object", ref.Obj.String(), "offset", ref.Off, "err", err)
-			return nil, fmt.Errorf("inode %d chunk %d: %w: %w", id.ino, id.idx, ErrIO, err)
-		}
-		f.cache.Put(ref.ID, raw)
-		if f.disk != nil {
-			f.disk.Put(ref.ID, enc)
-		}
-		return raw, nil
-	})
+	return have[ref.ID], nil
 }
 
 // readObject reads n bytes at off of a data object.
@@ -294,45 +347,4 @@ func (f *FS) readObject(ctx context.Context, o ObjRef, off, n int64) ([]byte, er
 		return nil, fmt.Errorf("read %s [%d, +%d): object ends after %d bytes: %w: %w", key, off, n, len(b), ErrIO, frame.ErrCorrupt)
 	}
 	return b, nil
-}
-
-// flightGroup makes concurrent misses on one frame share one GET. The GET
-// runs on its own, detached from the callers that wait for it: each caller
-// stops waiting when its own context ends (its connection is gone), and
-// the GET goes on for the others — and fills the cache — regardless.
-type flightGroup struct {
-	mu sync.Mutex
-	m  map[uint64]*flight
-}
-
-type flight struct {
-	done chan struct{}
-	val  []byte
-	err  error
-}
-
-func (g *flightGroup) do(ctx context.Context, id uint64, fn func() ([]byte, error)) ([]byte, error) {
-	g.mu.Lock()
-	if g.m == nil {
-		g.m = make(map[uint64]*flight)
-	}
-	fl, ok := g.m[id]
-	if !ok {
-		fl = &flight{done: make(chan struct{})}
-		g.m[id] = fl
-		go func() {
-			fl.val, fl.err = fn()
-			g.mu.Lock()
-			delete(g.m, id)
-			g.mu.Unlock()
-			close(fl.done)
-		}()
-	}
-	g.mu.Unlock()
-	select {
-	case <-fl.done:
-		return fl.val, fl.err
-	case <-ctx.Done():
-		return nil, canceled(ctx)
-	}
 }

@@ -69,7 +69,12 @@ type Options struct {
 	// writer can go on appending while the new one is still replaying.
 	// Default 1s; negative disables.
 	HeadCheckInterval time.Duration
-	Logger            *slog.Logger
+	// HeadCheckIdleMax: while nothing is appended, the interval between
+	// checks doubles up to this (default 1 min), so an idle filesystem costs
+	// a request a minute, not one a second. An append brings the interval
+	// back to HeadCheckInterval at once.
+	HeadCheckIdleMax time.Duration
+	Logger           *slog.Logger
 }
 
 // Log is an open, claimed log. Replay must be called once before Append.
@@ -79,6 +84,8 @@ type Log struct {
 	retryMin      time.Duration
 	retryMax      time.Duration
 	headCheck     time.Duration
+	headCheckIdle time.Duration
+	active        chan struct{} // an append happened: the head watch speeds up
 
 	ctx    context.Context // canceled by Close: aborts writes and retries
 	cancel context.CancelFunc
@@ -159,9 +166,13 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 	if opts.HeadCheckInterval == 0 {
 		opts.HeadCheckInterval = time.Second
 	}
+	if opts.HeadCheckIdleMax < opts.HeadCheckInterval {
+		opts.HeadCheckIdleMax = max(time.Minute, opts.HeadCheckInterval)
+	}
 	l := &Log{
-		headCheck: opts.HeadCheckInterval,
-		main:      opts.Main, records: opts.Records, log: opts.Logger,
+		headCheck: opts.HeadCheckInterval, headCheckIdle: opts.HeadCheckIdleMax,
+		active: make(chan struct{}, 1),
+		main:   opts.Main, records: opts.Records, log: opts.Logger,
 		retryMin: opts.RetryMin, retryMax: opts.RetryMax,
 		sem: make(chan struct{}, opts.MaxInFlight),
 	}
@@ -309,17 +320,32 @@ func (l *Log) Replay(ctx context.Context, after Position, fn func(Record) error)
 }
 
 // watchHead polls the head object and fences this writer as soon as a newer
-// one has claimed the filesystem.
+// one has claimed the filesystem. Fencing itself does not depend on it: a
+// newer writer's fence record and the conditional head writes stop an old
+// writer at its next append. The watch only shortens how long an old writer
+// goes on serving reads and buffering writes, so while it is idle the watch
+// backs off (HeadCheckIdleMax) and an append speeds it up again.
 func (l *Log) watchHead() {
 	defer l.wg.Done()
-	t := time.NewTicker(l.headCheck)
+	interval := l.headCheck
+	t := time.NewTimer(interval)
 	defer t.Stop()
+	appended := false
 	for {
 		select {
 		case <-l.ctx.Done():
 			return
+		case <-l.active:
+			appended = true
+			if interval == l.headCheck {
+				continue // already checking at full rate
+			}
+			// Back from idle: check now.
 		case <-t.C:
 		}
+		interval = nextHeadCheck(interval, appended, l.headCheck, l.headCheckIdle)
+		appended = false
+		t.Reset(interval)
 		info, err := l.main.Head(l.ctx, HeadKey)
 		if err != nil {
 			continue // the store is unreachable: appends will tell
@@ -343,6 +369,16 @@ func (l *Log) watchHead() {
 			return
 		}
 	}
+}
+
+// nextHeadCheck is the head watch's next interval after one of cur: back to
+// base if something was appended since the last check, else twice as long,
+// up to idleMax.
+func nextHeadCheck(cur time.Duration, appended bool, base, idleMax time.Duration) time.Duration {
+	if appended {
+		return base
+	}
+	return min(2*cur, idleMax)
 }
 
 // Check verifies that after, a position a local copy of the state says it
@@ -648,6 +684,10 @@ func (l *Log) Append(build func(seq uint64) (rec []byte, metaLen int)) (*Commit,
 	}
 	seq := l.next
 	l.next++
+	select {
+	case l.active <- struct{}{}:
+	default:
+	}
 	c := &Commit{Pos: Position{Seq: seq, Epoch: l.epoch, ID: randomID()}, done: make(chan struct{})}
 	l.pending = append(l.pending, c)
 	l.wg.Add(1) // under mu, so it never races Close's Wait

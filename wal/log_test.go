@@ -518,3 +518,36 @@ func TestReplaySkipsStaleAfterNewerEpoch(t *testing.T) {
 		t.Fatalf("replayed %q, fenced at %d; want [1: 2:x 3:] and a fence at 5", got, fence.Seq)
 	}
 }
+
+func TestNextHeadCheck(t *testing.T) {
+	const base, idle = time.Second, time.Minute
+	cases := []struct {
+		name     string
+		cur      time.Duration
+		appended bool
+		want     time.Duration
+	}{
+		{"busy stays at the base rate", base, true, base},
+		{"idle doubles", base, false, 2 * base},
+		{"idle is capped", 40 * time.Second, false, idle},
+		{"capped stays capped", idle, false, idle},
+		{"an append after idle returns to the base rate", idle, true, base},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := nextHeadCheck(tc.cur, tc.appended, base, idle); got != tc.want {
+				t.Fatalf("got %s, want %s", got, tc.want)
+			}
+		})
+	}
+	// An idle hour costs about log2(60) checks to reach the cap, then one a minute.
+	n, at, cur := 0, time.Duration(0), base
+	for at < time.Hour {
+		at += cur
+		n++
+		cur = nextHeadCheck(cur, false, base, idle)
+	}
+	if n > 66 {
+		t.Fatalf("%d head checks in an idle hour, want about 65", n)
+	}
+}

@@ -1,0 +1,188 @@
+package fs
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Read-ahead.
+//
+// A cold sequential read on a store 20 ms away is bound by round trips: even
+// with one GET per 1 MiB request (fetch.go), a client at queue depth 8 waits
+// for the store on every request. Read-ahead keeps GETs for what a
+// sequential reader will ask for next in flight before it asks, so its
+// requests find the frames in memory (or in flight, which they join).
+//
+// Streams. Block devices have no file descriptors, so, like the kernel's
+// per-file read-ahead, a stream is inferred from the requests: a read that
+// starts near where an existing stream of the same inode ended (a few
+// requests either side, since pipelined requests are served slightly out of
+// order) continues it; any other read starts a new stream, replacing the
+// least recently used one of its table slot. Several streams per inode let 4 readers of one
+// device (a ZFS resilver, a parallel restore) each keep their own.
+//
+// Each stream must read readAheadMin bytes in a row before it gets any
+// read-ahead, so scattered reads that happen to land near each other do
+// not trigger it. Then its window starts at 1 MiB and doubles each time the
+// reader is half-way into it, up to the configured cap; read-ahead is
+// topped up only then, so it goes out in large GETs, not one per read. A read that breaks the
+// pattern starts a new stream; a stream that is replaced cancels its
+// read-ahead GETs still queued or in flight (demand readers that had joined
+// them fetch for themselves), so random access stops read-ahead at once.
+//
+// Memory. Read-ahead lands in the memory cache, in its scan area (see
+// cache.Memory): frames a sequential stream reads are kept apart from the
+// hot set and evicted first, so one big pass cannot flush the hot set out.
+// The bytes of read-ahead in flight are capped across all streams; past the
+// cap a stream simply issues no more until some complete.
+
+const (
+	raSlots      = 64      // table slots, chosen by inode
+	raWays       = 4       // streams per slot
+	readAheadMin = 1 << 20 // sequential bytes before read-ahead starts
+	raFirst      = 1 << 20 // first window
+	raStep       = maxRunBytes
+	raSlack      = 256 << 10 // how far off a stream's end a read may start and continue it
+)
+
+type readAhead struct {
+	max      uint64       // window cap; 0 disables read-ahead
+	inflight atomic.Int64 // bytes of read-ahead being fetched
+	issued   atomic.Int64 // bytes of read-ahead issued, ever
+	maxTotal int64
+	slots    [raSlots]raSlot
+}
+
+type raSlot struct {
+	mu      sync.Mutex
+	streams [raWays]raStream
+}
+
+type raStream struct {
+	ino     uint64
+	used    time.Time
+	next    uint64 // end of the furthest read of the stream
+	seq     uint64 // bytes read sequentially so far
+	window  uint64
+	issued  uint64 // read-ahead issued up to here
+	ctx     context.Context
+	cancel  context.CancelFunc
+	started bool
+}
+
+// raRange is read-ahead to fetch: bytes [lo, hi) of ino.
+type raRange struct {
+	ctx    context.Context
+	ino    uint64
+	lo, hi uint64
+}
+
+// observe notes a read of [off, off+n) of ino, whose size is size, and
+// returns whether it continues a sequential stream, and what to read ahead
+// now (appended to todo).
+func (ra *readAhead) observe(parent context.Context, ino, off, n, size uint64, todo []raRange) (bool, []raRange) {
+	if ra.max == 0 || n == 0 {
+		return false, todo
+	}
+	sl := &ra.slots[(ino*0x9E3779B97F4A7C15)>>58%raSlots]
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	now := time.Now()
+	end := off + n
+	var st *raStream
+	for i := range sl.streams {
+		s := &sl.streams[i]
+		if s.ino != ino || s.next == 0 {
+			continue
+		}
+		// Pipelined requests are served a little out of order: a read may
+		// start behind the stream's end (within its window) or a few
+		// requests past it.
+		back, fwd := max(s.window, 8*n, raSlack), max(8*n, raSlack)
+		if off+back >= s.next && off <= s.next+fwd {
+			st = s
+			break
+		}
+	}
+	if st == nil {
+		// A new stream in the least recently used way of the slot.
+		st = &sl.streams[0]
+		for i := range sl.streams {
+			if sl.streams[i].used.Before(st.used) {
+				st = &sl.streams[i]
+			}
+		}
+		if st.cancel != nil {
+			st.cancel()
+		}
+		*st = raStream{ino: ino, used: now, next: end, seq: n}
+		return false, todo
+	}
+	st.used = now
+	if end > st.next {
+		st.seq += min(end-st.next, n) // a jump forward is not bytes read
+		st.next = end
+	}
+	if st.seq < readAheadMin {
+		return false, todo
+	}
+	if !st.started {
+		st.started = true
+		st.window = raFirst
+		st.issued = st.next
+		st.ctx, st.cancel = context.WithCancel(parent)
+	}
+	if st.issued < st.next {
+		st.issued = st.next // the reader overtook read-ahead
+	}
+	if st.issued-st.next > st.window/2 {
+		return true, todo // enough ahead: top up in large steps, not per read
+	}
+	// The reader is half-way into the window: read further ahead, and
+	// further than last time.
+	st.window = min(2*st.window, ra.max)
+	target := min(st.next+st.window, size)
+	for st.issued < target && ra.inflight.Load() < ra.maxTotal {
+		hi := min(st.issued+raStep, target)
+		ra.inflight.Add(int64(hi - st.issued))
+		ra.issued.Add(int64(hi - st.issued))
+		todo = append(todo, raRange{ctx: st.ctx, ino: ino, lo: st.issued, hi: hi})
+		st.issued = hi
+	}
+	return true, todo
+}
+
+// readAheadRange fetches [lo, hi) of ino into the memory cache's scan area.
+func (f *FS) readAheadRange(r raRange) {
+	defer f.ra.inflight.Add(-int64(r.hi - r.lo))
+	if r.ctx.Err() != nil {
+		return
+	}
+	chain := f.chain()
+	cs := uint64(f.chunkSize)
+	var want []frameWant
+	for idx := r.lo / cs; idx*cs < r.hi; idx++ {
+		id := chunkID{r.ino, idx}
+		mu := f.chunkLock(id)
+		mu.Lock()
+		dc, pieces, err := f.lookupChunk(chain, id)
+		mu.Unlock()
+		if err != nil {
+			return
+		}
+		if dc != nil {
+			pieces = dc.base
+		}
+		for _, p := range pieces {
+			if _, ok := f.memFrame(p.Frame.ID, true); !ok {
+				want = append(want, frameWant{p.Frame, id})
+			}
+		}
+	}
+	if len(want) == 0 {
+		return
+	}
+	f.fetchFrames(r.ctx, want, fetchOpts{runCtx: r.ctx, scan: true})
+}
