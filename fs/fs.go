@@ -500,15 +500,15 @@ type Stats struct {
 	// CommitLatency: from a batch's seal to its WAL record being durable.
 	CommitLatency Histogram
 	// CommitBytes: bytes of WAL records written.
-	CommitBytes  atomic.Int64
-	FlushRecords atomic.Int64
-	FrameBytes   atomic.Int64
-	StoreGets    atomic.Int64
-	StoreGetBytes  atomic.Int64
-	StoreErrors    atomic.Int64 // data reads that failed (other than a moved object)
-	CorruptFrames  atomic.Int64
-	GCDeleted      atomic.Int64
-	GCPacked       atomic.Int64
+	CommitBytes   atomic.Int64
+	FlushRecords  atomic.Int64
+	FrameBytes    atomic.Int64
+	StoreGets     atomic.Int64
+	StoreGetBytes atomic.Int64
+	StoreErrors   atomic.Int64 // data reads that failed (other than a moved object)
+	CorruptFrames atomic.Int64
+	GCDeleted     atomic.Int64
+	GCPacked      atomic.Int64
 }
 
 // Stats returns the filesystem's counters.
