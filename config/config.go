@@ -38,6 +38,7 @@ type Cache struct {
 	Dir          string  `toml:"dir"`
 	DiskSizeGB   float64 `toml:"disk_size_gb"`
 	MemorySizeGB float64 `toml:"memory_size_gb"`
+	ReadAheadMB  int     `toml:"read_ahead_mb"`
 }
 
 // Storage is the object store holding the filesystem.
@@ -119,7 +120,7 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 // Defaults returns the configuration every key defaults to.
 func Defaults() Config {
 	return Config{
-		Cache:   Cache{Dir: "./data/cache", DiskSizeGB: 1, MemorySizeGB: 0.25},
+		Cache:   Cache{Dir: "./data/cache", DiskSizeGB: 1, MemorySizeGB: 0.25, ReadAheadMB: 32},
 		Storage: Storage{URL: "file://./data/store", Compression: "zstd", ChunkSizeKB: 64},
 		WAL:     WAL{FlushInterval: Duration{time.Second}, BatchSizeMB: 16, MaxDirtyMB: 256, MaxRequestMB: 128, MaxReadWait: Duration{2 * time.Minute}, InFlight: 4},
 		AWS:     AWS{Region: "us-east-1"},
@@ -258,6 +259,8 @@ func (c *Config) validate() error {
 		return c.keyErr("cache.disk_size_gb", "must not be negative, got %g", c.Cache.DiskSizeGB)
 	case c.Cache.MemorySizeGB < 0 || c.Cache.MemorySizeGB > 1024:
 		return c.keyErr("cache.memory_size_gb", "must be between 0 and 1024, got %g", c.Cache.MemorySizeGB)
+	case c.Cache.ReadAheadMB < 0 || c.Cache.ReadAheadMB > 1024:
+		return c.keyErr("cache.read_ahead_mb", "must be between 0 (off) and 1024, got %d", c.Cache.ReadAheadMB)
 	case c.Storage.URL == "":
 		return c.keyErr("storage.url", "must be set, e.g. \"s3://bucket/prefix\" or \"file:///var/lib/zerofs\"")
 	case c.Storage.EncryptionPassword == "":

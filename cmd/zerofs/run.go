@@ -91,6 +91,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Dir: cfg.Cache.Dir, ChunkSize: cfg.Storage.ChunkSizeKB << 10, Compression: codec,
 		CacheBytes:         int64(cfg.Cache.MemorySizeGB * (1 << 30)),
 		DiskCacheBytes:     int64(cfg.Cache.DiskSizeGB * (1 << 30)),
+		ReadAheadBytes:     readAheadBytes(cfg.Cache.ReadAheadMB),
 		BatchBytes:         int64(cfg.WAL.BatchSizeMB) << 20,
 		BatchAge:           cfg.WAL.FlushInterval.Duration,
 		MaxDirtyBytes:      int64(cfg.WAL.MaxDirtyMB) << 20,
@@ -234,4 +235,13 @@ func printHowTo(cfg *config.Config) {
 		fmt.Fprintf(&b, "  or list it:       nfs-ls 'nfs://%s/?nfsport=%s&mountport=%s&auto-traverse-mounts=0'\n", host, port, port)
 	}
 	fmt.Fprint(os.Stderr, b.String())
+}
+
+// readAheadBytes maps read_ahead_mb to fs.Options.ReadAheadBytes, where 0
+// means the default and a negative value turns read-ahead off.
+func readAheadBytes(mb int) int64 {
+	if mb == 0 {
+		return -1
+	}
+	return int64(mb) << 20
 }
