@@ -1,0 +1,256 @@
+package nbd
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"zerofs/fs"
+	"zerofs/internal/s3proxy"
+	"zerofs/internal/testutil"
+	"zerofs/store"
+)
+
+// BenchmarkNBDRemoteStore measures zerofs on an object store as far away as
+// our users' are: versitygw behind internal/s3proxy, which adds a time to
+// first byte to every request and streams each body at a capped rate
+// (default 20 ms and 100 MB/s, S3 Standard in-region). Each figure is put
+// next to its baseline from the same run:
+//
+//   - 1 MiB sequential write QD8 with a final FLUSH, against the same on a
+//     file:// store;
+//   - cold 1 MiB sequential read QD8 (fresh cache, restarted server) and a
+//     cold full-device read by 4 readers at once (a resilver), each against
+//     the warm re-read of the same data;
+//   - cold 4 KiB random read QD32, against the latency bound 32 / latency;
+//   - 4 KiB write + FLUSH at QD1, against a bare 4 KiB PUT through the proxy;
+//   - requests per GiB, counted by the proxy.
+//
+// Run it with bench/remote.sh. ZEROFS_BENCH_SIZE sets the export in MiB
+// (default 256), ZEROFS_BENCH_LATENCY_MS and ZEROFS_BENCH_RATE_MBPS the
+// proxy (default 20 and 100), ZEROFS_BENCH_RUNTIME the seconds of the timed
+// workloads (default 10). Settings are `zerofs run`'s defaults.
+func BenchmarkNBDRemoteStore(b *testing.B) {
+	fio := requireTool(b, "fio")
+	sizeMiB := envInt(b, "ZEROFS_BENCH_SIZE", 256)
+	size := uint64(sizeMiB) << 20
+	latency := time.Duration(envInt(b, "ZEROFS_BENCH_LATENCY_MS", 20)) * time.Millisecond
+	rate := int64(envInt(b, "ZEROFS_BENCH_RATE_MBPS", 100)) * 1000 * 1000
+	runtime := envInt(b, "ZEROFS_BENCH_RUNTIME", 10)
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+	endpoint, ak, sk := testutil.StartVersityGW(b)
+	url, sopts := testutil.CreateBucket(b, endpoint, ak, sk, "zerofs-bench", "")
+	px, err := s3proxy.Start(endpoint, s3proxy.Options{Latency: latency, Rate: rate})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer px.Close()
+	sopts.Endpoint = px.URL()
+	remote, err := store.Open(ctx, url, sopts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	local, err := store.Open(ctx, "file://"+filepath.Join(b.TempDir(), "store"), store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	// The baseline of a flush: a bare 4 KiB PUT through the proxy.
+	var puts []time.Duration
+	for i := range 40 {
+		start := time.Now()
+		if _, err := remote.Put(ctx, fmt.Sprintf("bench/put-%d", i), make([]byte, 4096)); err != nil {
+			b.Fatal(err)
+		}
+		puts = append(puts, time.Since(start))
+	}
+	barePut := median(puts)
+
+	fioRun := func(uri string, args ...string) fioStats {
+		all := append([]string{"--name=bench", "--ioengine=nbd", "--uri=" + uri, "--output-format=json",
+			"--randrepeat=0", "--group_reporting"}, args...)
+		out, stderr, err := runToolErr(30*time.Minute, fio, all...)
+		if err != nil {
+			b.Fatalf("fio %s: %v\n%s\n%s", strings.Join(all, " "), err, out, stderr)
+		}
+		return parseFioStats(b, out)
+	}
+	sizeArg := fmt.Sprintf("--size=%d", size)
+	timed := []string{"--time_based=1", fmt.Sprintf("--runtime=%d", runtime)}
+	seqWrite := []string{"--rw=write", "--bs=1M", "--iodepth=8", "--end_fsync=1", sizeArg}
+	seqRead := []string{"--rw=read", "--bs=1M", "--iodepth=8", sizeArg}
+	quarter := fmt.Sprintf("%d", size/4)
+	fourReaders := []string{"--rw=read", "--bs=1M", "--iodepth=8", "--numjobs=4", "--size=" + quarter, "--offset_increment=" + quarter}
+	randRead := append([]string{"--rw=randread", "--bs=4k", "--iodepth=32", sizeArg}, timed...)
+	flushQD1 := append([]string{"--rw=randwrite", "--bs=4k", "--iodepth=1", "--fsync=1", sizeArg}, timed...)
+
+	// Baseline: the same sequential write on a file:// store.
+	srv := startBenchServer(b, local, b.TempDir(), log, size, true)
+	localWrite := fioRun(srv.uri, seqWrite...)
+	srv.stop()
+
+	b.ResetTimer()
+	state := b.TempDir()
+	srv = startBenchServer(b, remote, state, log, size, true)
+	px.Reset()
+	write := fioRun(srv.uri, seqWrite...)
+	writeCounts := px.Counts()
+	srv.stop()
+
+	// Cold: a fresh cache dir and a restarted server.
+	srv = startBenchServer(b, remote, b.TempDir(), log, size, false)
+	px.Reset()
+	cold := fioRun(srv.uri, seqRead...)
+	readCounts := px.Counts()
+	warm := fioRun(srv.uri, seqRead...)
+	srv.stop()
+
+	srv = startBenchServer(b, remote, b.TempDir(), log, size, false)
+	cold4 := fioRun(srv.uri, fourReaders...)
+	warm4 := fioRun(srv.uri, fourReaders...)
+	srv.stop()
+
+	srv = startBenchServer(b, remote, b.TempDir(), log, size, false)
+	random := fioRun(srv.uri, randRead...)
+	px.Reset()
+	flush := fioRun(srv.uri, flushQD1...)
+	srv.stop()
+	b.StopTimer()
+
+	gib := float64(size) / (1 << 30)
+	bound := 32 / latency.Seconds()
+	flushP50 := flush.writeP50 + flush.syncP50
+	var rows []string
+	row := func(what string, got, base float64, unit, baseWhat string) {
+		rows = append(rows, fmt.Sprintf("| %s | %.1f %s | %.1f %s (%s) | %.2fx |", what, got, unit, base, unit, baseWhat, got/base))
+	}
+	row("1 MiB seq write QD8 + final FLUSH", write.mibps, localWrite.mibps, "MiB/s", "file:// store")
+	row("cold 1 MiB seq read QD8", cold.mibps, warm.mibps, "MiB/s", "warm re-read")
+	row("cold full-device read, 4 readers", cold4.mibps, warm4.mibps, "MiB/s", "warm re-read")
+	row("cold 4 KiB random read QD32", random.iops, bound, "IOPS", "32 / latency")
+	row("4 KiB write + FLUSH QD1, median", ms(flushP50), ms(barePut), "ms", "bare 4 KiB PUT")
+	fmt.Printf("\nNBD, fio nbd engine, %d MiB export, store: versitygw + s3proxy (%s to first byte, %d MB/s per request)\n\n",
+		sizeMiB, latency, rate/1000/1000)
+	fmt.Println("| workload | zerofs | baseline, same run | ratio |")
+	fmt.Println("|---|---|---|---|")
+	fmt.Println(strings.Join(rows, "\n"))
+	fmt.Printf("\nrequests per GiB: sequential write %s; cold sequential read %s\n",
+		perGiB(writeCounts, gib), perGiB(readCounts, gib))
+	fmt.Printf("4 KiB write + FLUSH: %.0f flushes, %s\n\n", flush.syncs, countsString(px.Counts()))
+}
+
+// benchServer is zerofs's NBD server on a filesystem with `zerofs run`'s
+// default settings.
+type benchServer struct {
+	uri  string
+	stop func()
+}
+
+func startBenchServer(b *testing.B, st store.Store, dir string, log *slog.Logger, size uint64, create bool) benchServer {
+	b.Helper()
+	ctx := context.Background()
+	f, err := fs.Open(ctx, fs.Options{
+		Main: st, Dir: dir, Password: "bench",
+		CacheBytes: 256 << 20, DiskCacheBytes: 1 << 30, Logger: log,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if create {
+		if err := CreateExport(ctx, f, "bench", size); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := NewServer(f, Options{Logger: log})
+	go srv.Serve(ln)
+	return benchServer{uri: nbdURI(ln.Addr().String(), "bench"), stop: func() {
+		srv.Shutdown(ctx)
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}}
+}
+
+// fioStats is what the benchmark reads from fio's JSON output, summed over
+// jobs (--group_reporting makes that one).
+type fioStats struct {
+	iops, mibps       float64
+	writeP50, syncP50 time.Duration
+	syncs             float64
+}
+
+func parseFioStats(b *testing.B, out string) fioStats {
+	if i := strings.Index(out, "{"); i > 0 {
+		out = out[i:]
+	}
+	type lat struct {
+		Percentile map[string]float64 `json:"percentile"`
+	}
+	var doc struct {
+		Jobs []struct {
+			Read  struct{ IOPS, BW float64 } `json:"read"`
+			Write struct {
+				IOPS, BW float64
+				ClatNs   lat `json:"clat_ns"`
+			} `json:"write"`
+			Sync struct {
+				TotalIOs float64 `json:"total_ios"`
+				LatNs    lat     `json:"lat_ns"`
+			} `json:"sync"`
+		} `json:"jobs"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		b.Fatalf("fio JSON: %v\n%s", err, out)
+	}
+	var s fioStats
+	for _, j := range doc.Jobs {
+		s.iops += j.Read.IOPS + j.Write.IOPS
+		s.mibps += (j.Read.BW + j.Write.BW) / 1024 // fio reports KiB/s
+		s.writeP50 = time.Duration(j.Write.ClatNs.Percentile["50.000000"])
+		s.syncP50 = time.Duration(j.Sync.LatNs.Percentile["50.000000"])
+		s.syncs += j.Sync.TotalIOs
+	}
+	return s
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func perGiB(c s3proxy.Counts, gib float64) string {
+	var parts []string
+	for _, op := range []s3proxy.Op{s3proxy.OpPut, s3proxy.OpPost, s3proxy.OpGet, s3proxy.OpHead, s3proxy.OpList, s3proxy.OpDelete} {
+		if n := c.Requests[op]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %.0f", op, float64(n)/gib))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func countsString(c s3proxy.Counts) string {
+	var parts []string
+	for _, op := range []s3proxy.Op{s3proxy.OpPut, s3proxy.OpPost, s3proxy.OpGet, s3proxy.OpHead, s3proxy.OpList, s3proxy.OpDelete} {
+		if n := c.Requests[op]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", op, n))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
