@@ -9,10 +9,11 @@ import (
 
 // Pacing holds each body's bytes back to a schedule: chunk by chunk, a chunk
 // goes on only once the schedule says the bytes before it and the chunk
-// itself have had their time at the rate, so a body of n bytes takes at least
-// n/rate. A chunk is about 10 ms of data, within 4–64 KiB: small enough that a body trickles as on a slow link rather
-// than arriving in bursts, large enough that timer granularity (which makes
-// every sleep a little late) costs little.
+// itself have had their time at the rate, so a body of n bytes takes at
+// least n/rate. A chunk is about 10 ms of data, within 4–64 KiB: small
+// enough that a body trickles as on a slow link rather than arriving in
+// bursts, large enough that timer granularity (which makes every sleep a
+// little late) costs little.
 //
 // A stream that falls behind its schedule may catch up by at most catchUp
 // of lost time. On a loaded machine a sleep wakes a millisecond or more late
