@@ -17,8 +17,8 @@ import (
 // the case idempotency and conditional-write handling must get right.
 type Fault uint8
 
-// The faults. Every kind but Pass and Hang waits the proxy's latency first,
-// as the server's answer would.
+// The faults. Every kind but Hang waits the proxy's latency before it acts,
+// as a remote server's answer would.
 const (
 	// Pass forwards the request and streams the answer back.
 	Pass Fault = iota

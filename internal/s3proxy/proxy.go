@@ -186,7 +186,7 @@ func Start(target string, o Options) (*Proxy, error) {
 		Transport: tr,
 		ErrorLog:  errorLog,
 	}
-	p.srv = &http.Server{Handler: p, ErrorLog: errorLog}
+	p.srv = &http.Server{Handler: http.HandlerFunc(p.serve), ErrorLog: errorLog}
 	go func() {
 		defer close(p.served)
 		p.srv.Serve(ln)
@@ -264,7 +264,8 @@ func (p *Proxy) enter() bool {
 
 const controlPrefix = "/_proxy/"
 
-func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// serve handles one request: the proxy's own, or one to forward.
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path+"/" == controlPrefix || strings.HasPrefix(r.URL.Path, controlPrefix) {
 		p.serveControl(w, r)
 		return
