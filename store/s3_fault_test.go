@@ -4,16 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"zerofs/internal/s3proxy"
 	"zerofs/internal/testutil"
 	"zerofs/store"
 
@@ -21,154 +18,33 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 )
 
-// fault is what the proxy does to one request.
-type fault int
-
-const (
-	pass          fault = iota
-	fail503             // answer 503 without forwarding
-	drop                // close the connection without forwarding
-	applyThenDrop       // forward, then close the connection instead of answering
-	truncateBody        // forward, then cut the connection halfway through the body
-	hang                // never answer; the client has to give up
-)
-
-var faultNames = map[fault]string{
-	pass: "pass", fail503: "503", drop: "drop", applyThenDrop: "apply-then-drop",
-	truncateBody: "truncate-body", hang: "hang",
-}
-
-// faultProxy sits between the store and versitygw and injects faults
-// chosen by a rule per request.
-type faultProxy struct {
-	url    string
-	rp     *httputil.ReverseProxy
-	closed chan struct{}
-
-	mu   sync.Mutex
-	rule func(r *http.Request) fault
-}
-
-func newFaultProxy(t *testing.T, target string) *faultProxy {
-	u, err := url.Parse(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &faultProxy{closed: make(chan struct{})}
-	p.rp = &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(u)
-			pr.Out.Host = pr.In.Host // the request is signed for the proxy's host
-		},
-		ErrorLog: nil,
-	}
-	srv := httptest.NewServer(p)
-	t.Cleanup(func() {
-		close(p.closed)
-		srv.CloseClientConnections()
-		srv.Close()
-	})
-	p.url = srv.URL
-	return p
-}
-
-func (p *faultProxy) setRule(rule func(r *http.Request) fault) {
-	p.mu.Lock()
-	p.rule = rule
-	p.mu.Unlock()
-}
-
-func (p *faultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	p.mu.Lock()
-	rule := p.rule
-	p.mu.Unlock()
-	f := pass
-	if rule != nil {
-		f = rule(r)
-	}
-	switch f {
-	case pass:
-		p.rp.ServeHTTP(w, r)
-	case fail503:
-		w.Header().Set("Content-Type", "application/xml")
-		w.WriteHeader(http.StatusServiceUnavailable)
-		io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code><Message>injected fault</Message></Error>`)
-	case drop:
-		hijackClose(w)
-	case applyThenDrop:
-		p.rp.ServeHTTP(httptest.NewRecorder(), r)
-		hijackClose(w)
-	case truncateBody:
-		rec := httptest.NewRecorder()
-		p.rp.ServeHTTP(rec, r)
-		for k, v := range rec.Header() {
-			w.Header()[k] = v
-		}
-		w.WriteHeader(rec.Code)
-		body := rec.Body.Bytes()
-		w.Write(body[:len(body)/2])
-		w.(http.Flusher).Flush()
-		panic(http.ErrAbortHandler) // cuts the connection mid-body
-	case hang:
-		select {
-		case <-r.Context().Done():
-		case <-p.closed:
-		}
-	}
-}
-
-func hijackClose(w http.ResponseWriter) {
-	conn, _, err := w.(http.Hijacker).Hijack()
-	if err == nil {
-		conn.Close()
-	}
-}
-
-// firstAttempt applies f to the first attempt of each distinct request
-// (method and URL) that match selects, so that every request of an operation
-// fails once and then succeeds on retry.
-func firstAttempt(f fault, match func(r *http.Request) bool) func(r *http.Request) fault {
-	var mu sync.Mutex
-	seen := map[string]bool{}
-	return func(r *http.Request) fault {
-		if match != nil && !match(r) {
-			return pass
-		}
-		id := r.Method + " " + r.URL.String()
-		mu.Lock()
-		defer mu.Unlock()
-		if seen[id] {
-			return pass
-		}
-		seen[id] = true
-		return f
-	}
-}
-
-func always(f fault) func(r *http.Request) fault {
-	return func(*http.Request) fault { return f }
-}
-
-func isPart(n string) func(r *http.Request) bool {
+// isPart selects the requests of part n of multipart uploads.
+func isPart(n string) s3proxy.Match {
 	return func(r *http.Request) bool { return r.URL.Query().Get("partNumber") == n }
 }
 
+// TestS3Faults puts internal/s3proxy between the store and versitygw and
+// injects faults per request.
 func TestS3Faults(t *testing.T) {
 	endpoint, ak, sk := testutil.StartVersityGW(t)
 	const bucket = "zerofs-faults"
 	testutil.CreateBucket(t, endpoint, ak, sk, bucket, "")
 	raw := rawClient(endpoint, ak, sk)
-	proxy := newFaultProxy(t, endpoint)
+	proxy, err := s3proxy.Start(endpoint, s3proxy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
 
 	open := func(t *testing.T, maxAttempts int, maxBackoff time.Duration) store.Store {
-		opts := smallParts(testutil.Options(proxy.url, ak, sk))
+		opts := smallParts(testutil.Options(proxy.URL(), ak, sk))
 		opts.MaxAttempts = maxAttempts
 		opts.MaxBackoff = maxBackoff
 		s, err := store.Open(context.Background(), "s3://"+bucket+"/"+t.Name(), opts)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { proxy.setRule(nil) })
+		t.Cleanup(func() { proxy.SetRule(nil) })
 		return s
 	}
 	uploadsLeft := func(t *testing.T) int {
@@ -184,12 +60,12 @@ func TestS3Faults(t *testing.T) {
 
 	// Every request fails once, in each way; every operation must still
 	// succeed, through the SDK's retries or the store's own.
-	for _, f := range []fault{fail503, drop, applyThenDrop, truncateBody} {
-		t.Run("Transient/"+faultNames[f], func(t *testing.T) {
+	for _, f := range []s3proxy.Fault{s3proxy.Unavailable, s3proxy.Drop, s3proxy.ApplyThenDrop, s3proxy.TruncateBody} {
+		t.Run("Transient/"+f.String(), func(t *testing.T) {
 			s := open(t, 5, 20*time.Millisecond)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			proxy.setRule(firstAttempt(f, nil))
+			proxy.SetRule(s3proxy.FirstAttempt(f))
 
 			etag, err := s.Put(ctx, "small", []byte("small object"))
 			check(t, "Put", err)
@@ -223,11 +99,11 @@ func TestS3Faults(t *testing.T) {
 			if !errors.Is(err, store.ErrNotFound) {
 				t.Fatalf("Head after Delete: %v, want ErrNotFound", err)
 			}
-			proxy.setRule(nil)
+			proxy.SetRule(nil)
 			// A create whose answer is lost leaves an unused upload behind (as
 			// on AWS: the retry creates another; a bucket lifecycle rule
 			// collects it). Nothing else may.
-			if n := uploadsLeft(t); n != 0 && f != applyThenDrop && f != truncateBody {
+			if n := uploadsLeft(t); n != 0 && f != s3proxy.ApplyThenDrop && f != s3proxy.TruncateBody {
 				t.Fatalf("%d multipart uploads left behind", n)
 			}
 		})
@@ -238,13 +114,15 @@ func TestS3Faults(t *testing.T) {
 	t.Run("LostAnswerOfConditionalWrite", func(t *testing.T) {
 		s := open(t, 5, 20*time.Millisecond)
 		ctx := context.Background()
-		isPut := func(r *http.Request) bool { return r.Method == http.MethodPut }
-		proxy.setRule(firstAttempt(applyThenDrop, isPut))
+		lostPuts := func() s3proxy.Rule { // the first answer to each PUT is lost
+			return s3proxy.When(s3proxy.Methods(http.MethodPut), s3proxy.FirstAttempt(s3proxy.ApplyThenDrop))
+		}
+		proxy.SetRule(lostPuts())
 		etag, err := s.PutIfAbsent(ctx, "lease", []byte("writer A"))
 		check(t, "PutIfAbsent with lost answer", err)
 		_, err = s.PutIfMatch(ctx, "lease", []byte("writer A, renewed"), etag)
 		check(t, "PutIfMatch with lost answer", err)
-		proxy.setRule(firstAttempt(applyThenDrop, isPut))
+		proxy.SetRule(lostPuts())
 		_, err = s.PutIfAbsent(ctx, "lease", []byte("writer B"))
 		if !errors.Is(err, store.ErrExists) {
 			t.Fatalf("PutIfAbsent on a key another writer holds: %v, want ErrExists", err)
@@ -253,7 +131,7 @@ func TestS3Faults(t *testing.T) {
 		if !errors.Is(err, store.ErrPrecondition) {
 			t.Fatalf("PutIfMatch with a stale ETag: %v, want ErrPrecondition", err)
 		}
-		proxy.setRule(nil)
+		proxy.SetRule(nil)
 		got, err := s.Get(ctx, "lease", 0, -1)
 		if check(t, "Get", err); string(got) != "writer A, renewed" {
 			t.Fatalf("lease = %q", got)
@@ -262,11 +140,11 @@ func TestS3Faults(t *testing.T) {
 		// A 503 turns a request away unapplied: when another writer stores
 		// the very same bytes before the retry, the retry's conflict is real.
 		var once sync.Once
-		proxy.setRule(func(r *http.Request) fault {
+		proxy.SetRule(func(r *http.Request) s3proxy.Fault {
 			if r.Method != http.MethodPut {
-				return pass
+				return s3proxy.Pass
 			}
-			f := pass
+			f := s3proxy.Pass
 			once.Do(func() {
 				_, err := raw.PutObject(context.Background(), &s3.PutObjectInput{
 					Bucket: aws.String(bucket), Key: aws.String(t.Name() + "/same"), Body: strings.NewReader("same bytes"),
@@ -274,7 +152,7 @@ func TestS3Faults(t *testing.T) {
 				if err != nil {
 					t.Errorf("concurrent writer's PutObject: %v", err) // not Fatal: this is the proxy's goroutine
 				}
-				f = fail503
+				f = s3proxy.Unavailable
 			})
 			return f
 		})
@@ -291,7 +169,7 @@ func TestS3Faults(t *testing.T) {
 		ctx := context.Background()
 		interfere := func(key string) {
 			var once sync.Once
-			proxy.setRule(func(r *http.Request) fault {
+			proxy.SetRule(func(r *http.Request) s3proxy.Fault {
 				if r.Method == http.MethodPost && r.URL.Query().Has("uploadId") {
 					once.Do(func() {
 						_, err := raw.PutObject(context.Background(), &s3.PutObjectInput{
@@ -302,7 +180,7 @@ func TestS3Faults(t *testing.T) {
 						}
 					})
 				}
-				return pass
+				return s3proxy.Pass
 			})
 		}
 		interfere("created")
@@ -317,7 +195,7 @@ func TestS3Faults(t *testing.T) {
 		if !errors.Is(err, store.ErrPrecondition) {
 			t.Fatalf("PutIfMatch (multipart) racing a write: %v, want ErrPrecondition", err)
 		}
-		proxy.setRule(nil)
+		proxy.SetRule(nil)
 		for _, key := range []string{"created", "swapped"} {
 			got, err := s.Get(ctx, key, 0, -1)
 			if check(t, "Get", err); string(got) != "other writer" {
@@ -331,22 +209,22 @@ func TestS3Faults(t *testing.T) {
 
 	t.Run("PersistentOutage", func(t *testing.T) {
 		s := open(t, 3, 20*time.Millisecond)
-		for _, f := range []fault{fail503, drop} {
-			proxy.setRule(always(f))
+		for _, f := range []s3proxy.Fault{s3proxy.Unavailable, s3proxy.Drop} {
+			proxy.SetRule(s3proxy.Always(f))
 			start := time.Now()
 			for name, err := range allOps(context.Background(), s) {
 				if err == nil {
-					t.Fatalf("%s during a %s outage succeeded", name, faultNames[f])
+					t.Fatalf("%s during a %s outage succeeded", name, f)
 				}
 				if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrPrecondition) {
-					t.Fatalf("%s during a %s outage: %v; an outage must not look like an answer", name, faultNames[f], err)
+					t.Fatalf("%s during a %s outage: %v; an outage must not look like an answer", name, f, err)
 				}
-				if f == fail503 && !strings.Contains(err.Error(), "503") {
+				if f == s3proxy.Unavailable && !strings.Contains(err.Error(), "503") {
 					t.Fatalf("%s during a 503 outage: %v; want the status in the error", name, err)
 				}
 			}
 			if d := time.Since(start); d > time.Minute { // a hang, not a timing: the retry budget is seconds
-				t.Fatalf("%s outage: operations took %v to give up", faultNames[f], d)
+				t.Fatalf("%s outage: operations took %v to give up", f, d)
 			}
 		}
 	})
@@ -355,11 +233,11 @@ func TestS3Faults(t *testing.T) {
 	// operation promptly: during backoff, and while a request hangs.
 	t.Run("DeadlineDuringOutage", func(t *testing.T) {
 		s := open(t, 10, 20*time.Second)
-		for _, f := range []fault{fail503, hang} {
-			proxy.setRule(always(f))
+		for _, f := range []s3proxy.Fault{s3proxy.Unavailable, s3proxy.Hang} {
+			proxy.SetRule(s3proxy.Always(f))
 			for name, err := range allOps(context.Background(), s, 300*time.Millisecond) {
 				if !errors.Is(err, context.DeadlineExceeded) {
-					t.Fatalf("%s during a %s outage with a deadline: %v; want DeadlineExceeded", name, faultNames[f], err)
+					t.Fatalf("%s during a %s outage with a deadline: %v; want DeadlineExceeded", name, f, err)
 				}
 			}
 		}
@@ -370,16 +248,11 @@ func TestS3Faults(t *testing.T) {
 		ctx := context.Background()
 		_, err := s.Put(ctx, "obj", []byte("previous"))
 		check(t, "Put", err)
-		proxy.setRule(func(r *http.Request) fault {
-			if isPart("2")(r) {
-				return fail503
-			}
-			return pass
-		})
+		proxy.SetRule(s3proxy.When(isPart("2"), s3proxy.Always(s3proxy.Unavailable)))
 		if _, err := s.Put(ctx, "obj", large); err == nil {
 			t.Fatal("Put succeeded although part 2 always fails")
 		}
-		proxy.setRule(nil)
+		proxy.SetRule(nil)
 		if n := uploadsLeft(t); n != 0 {
 			t.Fatalf("failed upload left %d multipart uploads", n)
 		}
@@ -391,12 +264,7 @@ func TestS3Faults(t *testing.T) {
 
 	t.Run("MultipartCanceled", func(t *testing.T) {
 		s := open(t, 3, 20*time.Millisecond)
-		proxy.setRule(func(r *http.Request) fault {
-			if isPart("3")(r) {
-				return hang
-			}
-			return pass
-		})
+		proxy.SetRule(s3proxy.When(isPart("3"), s3proxy.Always(s3proxy.Hang)))
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		defer cancel()
 		start := time.Now()
