@@ -154,6 +154,30 @@ func (ra *readAhead) observe(parent context.Context, ino, off, n, size uint64, t
 	return true, todo
 }
 
+// startReadAhead fetches rs in the background. Close waits for them (they
+// read metadata), and cancels their fetches.
+func (f *FS) startReadAhead(rs []raRange) {
+	if len(rs) == 0 {
+		return
+	}
+	f.closeMu.Lock()
+	if f.closed {
+		f.closeMu.Unlock()
+		for _, r := range rs {
+			f.ra.inflight.Add(-int64(r.hi - r.lo))
+		}
+		return
+	}
+	f.bg.Add(len(rs))
+	f.closeMu.Unlock()
+	for _, r := range rs {
+		go func() {
+			defer f.bg.Done()
+			f.readAheadRange(r)
+		}()
+	}
+}
+
 // readAheadRange fetches [lo, hi) of ino into the memory cache's scan area.
 func (f *FS) readAheadRange(r raRange) {
 	defer f.ra.inflight.Add(-int64(r.hi - r.lo))

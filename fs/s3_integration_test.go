@@ -12,8 +12,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"zerofs/frame"
+	"zerofs/internal/s3proxy"
 	"zerofs/internal/testutil"
 	"zerofs/store"
 )
@@ -608,5 +610,58 @@ func TestS3IntegrationLocalWAL(t *testing.T) {
 	tr.checkHoles()
 	if err := tr.f.Close(); err != nil {
 		t.Fatalf("close: %v", err)
+	}
+}
+
+// TestS3ReadsUnderFaults reads cold data through a proxy that fails GETs
+// with 503s, 500s, resets and bodies cut in half: sequential reads (with
+// read-ahead, several frames per GET) and random reads must all return the
+// right bytes, the store's retries absorbing every fault.
+func TestS3ReadsUnderFaults(t *testing.T) {
+	endpoint, ak, sk := testutil.StartVersityGW(t)
+	url, sopts := testutil.CreateBucket(t, endpoint, ak, sk, "faulty-reads", "fs")
+	px, err := s3proxy.Start(endpoint, s3proxy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer px.Close()
+	sopts.Endpoint = px.URL()
+	sopts.MaxBackoff = 20 * time.Millisecond
+	st, err := store.Open(context.Background(), url, sopts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := testOptions(t, st, t.TempDir())
+	opts.ReadAheadBytes = 1 << 20
+	f := mustOpen(t, opts)
+	defer f.Close()
+	data := make([]byte, 6<<20)
+	rand.NewChaCha8([32]byte{9}).Read(data)
+	ino := coldFile(t, f, data, 1<<20)
+
+	gets := s3proxy.Ops(s3proxy.OpGet)
+	px.SetRule(s3proxy.Chain(
+		s3proxy.When(gets, s3proxy.Chance(0.1, s3proxy.Unavailable, 1)),
+		s3proxy.When(gets, s3proxy.Chance(0.05, s3proxy.InternalError, 2)),
+		s3proxy.When(gets, s3proxy.Chance(0.05, s3proxy.Reset, 3)),
+		s3proxy.When(gets, s3proxy.Chance(0.05, s3proxy.TruncateBody, 4)),
+	))
+	for off := 0; off < 3<<20; off += 64 << 10 {
+		if got := mustRead(t, f, ino, uint64(off), 64<<10); !bytes.Equal(got, data[off:off+64<<10]) {
+			t.Fatalf("sequential read at %d returned wrong data", off)
+		}
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	for range 100 {
+		off := 3<<20 + rng.IntN(3<<20-8192)
+		if got := mustRead(t, f, ino, uint64(off), 8192); !bytes.Equal(got, data[off:off+8192]) {
+			t.Fatalf("random read at %d returned wrong data", off)
+		}
+	}
+	px.SetRule(nil)
+	if c := px.Counts(); c.TotalFaults() == 0 {
+		t.Fatal("no fault was injected: the test tested nothing")
+	} else {
+		t.Logf("faults injected: %v over %d GETs", c.Faults, c.Requests[s3proxy.OpGet])
 	}
 }
