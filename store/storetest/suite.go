@@ -48,6 +48,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"LargeObject", testLargeObject},
 		{"LargeObjectConditional", testLargeObjectConditional},
 		{"CanceledContext", testCanceledContext},
+		{"CheckConditionalWrites", testCheckConditionalWrites},
 		{"String", testString},
 	}
 	for _, tc := range tests {
@@ -400,6 +401,21 @@ func Increment(ctx context.Context, s store.Store, key string) error {
 		}
 	}
 	return errors.New("no progress after 1000 CAS attempts")
+}
+
+// testCheckConditionalWrites: the start-up probe passes on a store that
+// honours conditions, and leaves nothing behind.
+func testCheckConditionalWrites(t *testing.T, s store.Store) {
+	if err := store.CheckConditionalWrites(ctx(t), s); err != nil {
+		t.Fatal(err)
+	}
+	left, err := s.List(ctx(t), "probe/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 0 {
+		t.Fatalf("the probe left %d objects behind", len(left))
+	}
 }
 
 func testHead(t *testing.T, s store.Store) {
