@@ -21,7 +21,7 @@
 //	...
 //	p.SetRule(s3proxy.FirstAttempt(s3proxy.Unavailable)) // every request fails once
 //	...
-//	c := p.Counts()            // c.Requests[s3proxy.OpGet], c.BytesOut, c.Faults[s3proxy.Unavailable]
+//	c := p.Counts() // c.Requests[s3proxy.OpGet], c.BytesOut, c.Faults[s3proxy.Unavailable]
 //
 // Rules compose from builders (Always, FirstAttempt, Next, Chance, narrowed
 // by When and combined by Chain) or are any func on the request. Latency,
