@@ -73,11 +73,17 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := store.CheckConditionalWrites(ctx, main); err != nil {
+		return fmt.Errorf("[storage] url: %w (see docs/stores.md)", err)
+	}
 	main = m.Store(main, "main")
 	var walStore store.Store
 	if cfg.WAL.URL != "" {
 		if walStore, err = store.Open(ctx, cfg.WAL.URL, storeOptions(cfg)); err != nil {
 			return err
+		}
+		if err := store.CheckConditionalWrites(ctx, walStore); err != nil {
+			return fmt.Errorf("[wal] url: %w (see docs/stores.md)", err)
 		}
 		walStore = m.Store(walStore, "wal")
 	}
