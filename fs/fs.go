@@ -230,11 +230,12 @@ type FS struct {
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
 
-	ckptMu   sync.Mutex // one checkpoint at a time
-	gcMu     sync.Mutex // one GC pass at a time
-	lastCkpt wal.Position
-	prevDesc *ckptDesc // the checkpoint the head names, once loaded
-	stats    Stats
+	ckptMu    sync.Mutex // one checkpoint at a time
+	gcMu      sync.Mutex // one GC pass at a time
+	lastSweep time.Time  // of orphan segments; guarded by gcMu
+	lastCkpt  wal.Position
+	prevDesc  *ckptDesc // the checkpoint the head names, once loaded
+	stats     Stats
 
 	statMu   sync.Mutex // StatFS's cached sum of object sizes
 	statAt   time.Time

@@ -38,6 +38,10 @@ import (
 // is safe: live bytes of an old object only ever go down, so no later state —
 // including the one recovery will rebuild — can reference it again.
 
+// sweepInterval is how often GC looks for orphan segments after its first
+// pass.
+const sweepInterval = time.Hour
+
 // GCStats reports what a pass did.
 type GCStats struct {
 	Deleted        int   // objects deleted
@@ -148,11 +152,20 @@ func (f *FS) GC(ctx context.Context) (GCStats, error) {
 			return st, err
 		}
 	}
-	n, err := f.sweepSegments(ctx)
-	if err != nil {
-		f.log.Warn("gc: sweeping orphan segments", "err", err)
+	// Orphan segments are of older epochs: left by the writers before us
+	// (a crash between upload and repointing), or uploaded by a fenced one
+	// just after we claimed. The first pass finds nearly all of them; after
+	// that an hourly sweep is enough, and an idle filesystem does not pay
+	// a LIST a minute.
+	if f.lastSweep.IsZero() || time.Since(f.lastSweep) >= sweepInterval {
+		n, err := f.sweepSegments(ctx)
+		if err != nil {
+			f.log.Warn("gc: sweeping orphan segments", "err", err)
+		} else {
+			f.lastSweep = time.Now()
+		}
+		st.OrphansDeleted = n
 	}
-	st.OrphansDeleted = n
 	f.stats.GCDeleted.Add(int64(st.Deleted))
 	f.stats.GCPacked.Add(int64(st.Packed))
 	if st != (GCStats{}) {
