@@ -173,7 +173,7 @@ func (s *Store) get(ctx context.Context, key string, off, length int64) ([]byte,
 	defer s.lim.release(c)
 	start := time.Now()
 	b, err := s.inner.Get(ctx, key, off, length)
-	if err == nil {
+	if err == nil && !s.noHedge {
 		s.hedge.record(sc, time.Since(start))
 	}
 	return b, err
