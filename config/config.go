@@ -47,6 +47,11 @@ type Storage struct {
 	EncryptionPassword string `toml:"encryption_password"`
 	Compression        string `toml:"compression"`
 	ChunkSizeKB        int    `toml:"chunk_size_kb"`
+	// MaxRequests bounds the requests in flight to the store (and, with
+	// [wal] url set, to the WAL's store, separately); see store/sched.
+	MaxRequests int `toml:"max_requests"`
+	// Hedge re-issues GETs that run far past the recent tail latency.
+	Hedge bool `toml:"hedge"`
 }
 
 // WAL configures the write-ahead log and batching.
@@ -121,7 +126,7 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 func Defaults() Config {
 	return Config{
 		Cache:   Cache{Dir: "./data/cache", DiskSizeGB: 1, MemorySizeGB: 0.25, ReadAheadMB: 32},
-		Storage: Storage{URL: "file://./data/store", Compression: "zstd", ChunkSizeKB: 64},
+		Storage: Storage{URL: "file://./data/store", Compression: "zstd", ChunkSizeKB: 64, MaxRequests: 64, Hedge: true},
 		WAL:     WAL{FlushInterval: Duration{time.Second}, BatchSizeMB: 16, MaxDirtyMB: 256, MaxRequestMB: 128, MaxReadWait: Duration{2 * time.Minute}, InFlight: 4},
 		AWS:     AWS{Region: "us-east-1"},
 		Servers: Servers{
@@ -267,6 +272,8 @@ func (c *Config) validate() error {
 		return c.keyErr("storage.encryption_password", "must be set: it protects the data key (use \"${ZEROFS_PASSWORD}\" to take it from the environment)")
 	case c.Storage.ChunkSizeKB < 4 || c.Storage.ChunkSizeKB > 1024 || c.Storage.ChunkSizeKB&(c.Storage.ChunkSizeKB-1) != 0:
 		return c.keyErr("storage.chunk_size_kb", "must be a power of two from 4 to 1024, got %d", c.Storage.ChunkSizeKB)
+	case c.Storage.MaxRequests < 1 || c.Storage.MaxRequests > 4096:
+		return c.keyErr("storage.max_requests", "must be between 1 and 4096, got %d", c.Storage.MaxRequests)
 	case c.WAL.FlushInterval.Duration < 10*time.Millisecond || c.WAL.FlushInterval.Duration > time.Hour:
 		return c.keyErr("wal.flush_interval", "must be between 10ms and 1h, got %s", c.WAL.FlushInterval)
 	case c.WAL.BatchSizeMB < 1 || c.WAL.BatchSizeMB > 1024:

@@ -60,6 +60,9 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 		{"out of range", func(s string) string {
 			return strings.Replace(s, "chunk_size_kb = 64", "chunk_size_kb = 48", 1)
 		}, nil, "storage.chunk_size_kb", "power of two"},
+		{"max_requests out of range", func(s string) string {
+			return strings.Replace(s, "max_requests = 64", "max_requests = 0", 1)
+		}, nil, "storage.max_requests", "between 1 and 4096"},
 		{"bad duration", func(s string) string {
 			return strings.Replace(s, `flush_interval = "1s"`, `flush_interval = "soon"`, 1)
 		}, nil, "wal.flush_interval", "duration"},

@@ -266,7 +266,7 @@ func TestRunServesAndManagesDevices(t *testing.T) {
 		}
 	}
 	for _, family := range []string{"zerofs_nbd_requests_total", "zerofs_nbd_request_duration_seconds_count",
-		"zerofs_nbd_bytes_total", "zerofs_store_requests_total", "zerofs_store_bytes_total",
+		"zerofs_nbd_bytes_total", "zerofs_store_requests_total", "zerofs_store_bytes_total", "zerofs_store_max_requests",
 		"zerofs_wal_records_total", "zerofs_wal_bytes_total", "zerofs_commit_duration_seconds_count",
 		"zerofs_nfs_requests_total", "zerofs_nfs_request_duration_seconds_count", "zerofs_cache_hits_total"} {
 		if !nonZero(metrics, family) {

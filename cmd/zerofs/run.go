@@ -25,6 +25,7 @@ import (
 	"zerofs/nbd"
 	"zerofs/nfs"
 	"zerofs/store"
+	"zerofs/store/sched"
 )
 
 // memoryOverhead is what the process holds beyond its budgets and memory
@@ -69,23 +70,39 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.Warn("using the example encryption password: set ZEROFS_PASSWORD for anything but a trial")
 	}
 	m := metrics.New()
-	main, err := store.Open(ctx, cfg.Storage.URL, storeOptions(cfg))
+	// Every request to a store goes through its scheduler (store/sched): a
+	// limit with priority classes, hedged GETs. Below it, the metrics
+	// wrapper sees what actually reaches the store, hedges included, and
+	// times it without the queueing. A separate WAL store gets a scheduler
+	// of its own rather than a share of the main store's limit: it is
+	// usually a local directory, whose appends (an fsync each, a client's
+	// FLUSH waiting) must not queue behind the bucket's GETs, and its
+	// latencies would skew the main store's hedging thresholds.
+	schedOpts := sched.Options{MaxRequests: cfg.Storage.MaxRequests, NoHedge: !cfg.Storage.Hedge}
+	openStore := func(url, name string) (store.Store, error) {
+		st, err := store.Open(ctx, url, storeOptions(cfg))
+		if err != nil {
+			return nil, err
+		}
+		s := sched.New(m.Store(st, name), schedOpts)
+		m.WatchSched(name, s)
+		return s, nil
+	}
+	main, err := openStore(cfg.Storage.URL, "main")
 	if err != nil {
 		return err
 	}
 	if err := store.CheckConditionalWrites(ctx, main); err != nil {
 		return fmt.Errorf("[storage] url: %w (see docs/stores.md)", err)
 	}
-	main = m.Store(main, "main")
 	var walStore store.Store
 	if cfg.WAL.URL != "" {
-		if walStore, err = store.Open(ctx, cfg.WAL.URL, storeOptions(cfg)); err != nil {
+		if walStore, err = openStore(cfg.WAL.URL, "wal"); err != nil {
 			return err
 		}
 		if err := store.CheckConditionalWrites(ctx, walStore); err != nil {
 			return fmt.Errorf("[wal] url: %w (see docs/stores.md)", err)
 		}
-		walStore = m.Store(walStore, "wal")
 	}
 	codec, err := frame.ParseCodec(cfg.Storage.Compression)
 	if err != nil {
