@@ -359,13 +359,13 @@ func (f *FS) ticker() {
 			}
 			if f.opts.CheckpointInterval > 0 && now.Sub(lastCkpt) >= f.opts.CheckpointInterval {
 				lastCkpt = now
-				if err := f.checkpoint(f.bgCtx); err != nil {
+				if err := f.checkpoint(f.workCtx); err != nil {
 					f.log.Warn("checkpoint failed; will retry", "err", err)
 				}
 			}
 			if f.opts.GCInterval > 0 && now.Sub(lastGC) >= f.opts.GCInterval {
 				lastGC = now
-				if _, err := f.GC(f.bgCtx); err != nil {
+				if _, err := f.GC(f.workCtx); err != nil {
 					f.log.Warn("garbage collection pass failed; will retry", "err", err)
 				}
 			}

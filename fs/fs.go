@@ -33,6 +33,7 @@ import (
 	"zerofs/crypt"
 	"zerofs/frame"
 	"zerofs/store"
+	"zerofs/store/sched"
 	"zerofs/wal"
 )
 
@@ -227,7 +228,9 @@ type FS struct {
 	stop     chan struct{}
 	closeMu  sync.Mutex
 	closed   bool
-	bgCtx    context.Context
+	bgCtx    context.Context // demand work not tied to one request: shared fetches
+	raCtx    context.Context // read-ahead: bgCtx in the store scheduler's ReadAhead class
+	workCtx  context.Context // GC and checkpoints: bgCtx in its Background class
 	bgCancel context.CancelFunc
 
 	ckptMu    sync.Mutex // one checkpoint at a time
@@ -302,6 +305,8 @@ func Open(ctx context.Context, opts Options) (*FS, error) {
 		f.ra.maxTotal = 4 * opts.ReadAheadBytes // four sequential readers at full speed
 	}
 	f.bgCtx, f.bgCancel = context.WithCancel(context.Background())
+	f.raCtx = sched.WithClass(f.bgCtx, sched.ReadAhead)
+	f.workCtx = sched.WithClass(f.bgCtx, sched.Background)
 	err = f.recover(ctx)
 	if err == nil && opts.DiskCacheBytes > 0 {
 		// One slot holds one encoded frame of a whole chunk.

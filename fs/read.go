@@ -97,7 +97,7 @@ func (f *FS) read(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte
 	}
 	total := int(min(uint64(len(p)), n.Size-off))
 	var todo [4]raRange
-	seq, ra := f.ra.observe(f.bgCtx, ino, off, uint64(total), n.Size, todo[:0])
+	seq, ra := f.ra.observe(f.raCtx, ino, off, uint64(total), n.Size, todo[:0])
 	f.startReadAhead(ra)
 	if err := f.readRange(ctx, chain, ino, off, p[:total], out, fetchOpts{runCtx: f.bgCtx, scan: seq}); err != nil {
 		return 0, false, err

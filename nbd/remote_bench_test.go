@@ -17,6 +17,7 @@ import (
 	"zerofs/internal/s3proxy"
 	"zerofs/internal/testutil"
 	"zerofs/store"
+	"zerofs/store/sched"
 )
 
 // BenchmarkNBDRemoteStore measures zerofs on an object store as far away as
@@ -56,20 +57,23 @@ func BenchmarkNBDRemoteStore(b *testing.B) {
 	}
 	defer px.Close()
 	sopts.Endpoint = px.URL()
-	remote, err := store.Open(ctx, url, sopts)
+	// Both stores behind the scheduler, as `zerofs run` has them.
+	rawRemote, err := store.Open(ctx, url, sopts)
 	if err != nil {
 		b.Fatal(err)
 	}
-	local, err := store.Open(ctx, "file://"+filepath.Join(b.TempDir(), "store"), store.Options{})
+	remote := sched.New(rawRemote, sched.Options{})
+	rawLocal, err := store.Open(ctx, "file://"+filepath.Join(b.TempDir(), "store"), store.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
+	local := sched.New(rawLocal, sched.Options{})
 
 	// The baseline of a flush: a bare 4 KiB PUT through the proxy.
 	var puts []time.Duration
 	for i := range 40 {
 		start := time.Now()
-		if _, err := remote.Put(ctx, fmt.Sprintf("bench/put-%d", i), make([]byte, 4096)); err != nil {
+		if _, err := rawRemote.Put(ctx, fmt.Sprintf("bench/put-%d", i), make([]byte, 4096)); err != nil {
 			b.Fatal(err)
 		}
 		puts = append(puts, time.Since(start))

@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"zerofs/store"
+	"zerofs/store/sched"
 )
 
 var (
@@ -327,6 +328,8 @@ func (l *Log) Replay(ctx context.Context, after Position, fn func(Record) error)
 // backs off (HeadCheckIdleMax) and an append speeds it up again.
 func (l *Log) watchHead() {
 	defer l.wg.Done()
+	// Nobody waits on the watch: it queues behind reads and appends.
+	watchCtx := sched.WithClass(l.ctx, sched.Background)
 	interval := l.headCheck
 	t := time.NewTimer(interval)
 	defer t.Stop()
@@ -346,7 +349,7 @@ func (l *Log) watchHead() {
 		interval = nextHeadCheck(interval, appended, l.headCheck, l.headCheckIdle)
 		appended = false
 		t.Reset(interval)
-		info, err := l.main.Head(l.ctx, HeadKey)
+		info, err := l.main.Head(watchCtx, HeadKey)
 		if err != nil {
 			continue // the store is unreachable: appends will tell
 		}
@@ -356,7 +359,7 @@ func (l *Log) watchHead() {
 		if info.ETag == ours {
 			continue
 		}
-		data, err := l.main.Get(l.ctx, HeadKey, 0, -1)
+		data, err := l.main.Get(watchCtx, HeadKey, 0, -1)
 		if err != nil {
 			continue
 		}
