@@ -228,6 +228,7 @@ type FS struct {
 	stop     chan struct{}
 	closeMu  sync.Mutex
 	closed   bool
+	started  time.Time
 	bgCtx    context.Context // demand work not tied to one request: shared fetches
 	raCtx    context.Context // read-ahead: bgCtx in the store scheduler's ReadAhead class
 	workCtx  context.Context // GC and checkpoints: bgCtx in its Background class
@@ -304,6 +305,7 @@ func Open(ctx context.Context, opts Options) (*FS, error) {
 		f.ra.max = uint64(opts.ReadAheadBytes)
 		f.ra.maxTotal = 4 * opts.ReadAheadBytes // four sequential readers at full speed
 	}
+	f.started = time.Now()
 	f.bgCtx, f.bgCancel = context.WithCancel(context.Background())
 	f.raCtx = sched.WithClass(f.bgCtx, sched.ReadAhead)
 	f.workCtx = sched.WithClass(f.bgCtx, sched.Background)
@@ -505,6 +507,10 @@ func (f *FS) shutdown() {
 type Stats struct {
 	// CommitLatency: from a batch's seal to its WAL record being durable.
 	CommitLatency Histogram
+	// ReadBytes and WrittenBytes: file data read and written by clients,
+	// the denominators of what the store requests cost.
+	ReadBytes    atomic.Int64
+	WrittenBytes atomic.Int64
 	// CommitBytes: bytes of WAL records written.
 	CommitBytes   atomic.Int64
 	FlushRecords  atomic.Int64

@@ -102,6 +102,7 @@ func (f *FS) read(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte
 	if err := f.readRange(ctx, chain, ino, off, p[:total], out, fetchOpts{runCtx: f.bgCtx, scan: seq}); err != nil {
 		return 0, false, err
 	}
+	f.stats.ReadBytes.Add(int64(total))
 	return total, off+uint64(total) >= n.Size, nil
 }
 

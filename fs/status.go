@@ -2,8 +2,11 @@ package fs
 
 import (
 	"encoding/hex"
+	"time"
 
 	"zerofs/cache"
+	"zerofs/store"
+	"zerofs/store/sched"
 )
 
 // Status is a snapshot of the filesystem's state for operators.
@@ -36,6 +39,16 @@ type Status struct {
 	CorruptFrames int64 `json:"corrupt_frames"`
 	GCDeleted     int64 `json:"gc_deleted"`
 	GCPacked      int64 `json:"gc_packed"`
+
+	// What the object store costs: the requests made since start, by store
+	// and operation, against the file data clients read and wrote and the
+	// time up. (Only stores behind a store/sched scheduler are counted, as
+	// `zerofs run` has them.)
+	UptimeSeconds float64                     `json:"uptime_seconds"`
+	ReadBytes     int64                       `json:"read_bytes"`
+	WrittenBytes  int64                       `json:"written_bytes"`
+	ReadAhead     int64                       `json:"read_ahead_bytes"`
+	Requests      map[string]map[string]int64 `json:"requests,omitempty"` // store ("main", "wal") → op → count
 }
 
 // Status reports the filesystem's state.
@@ -63,6 +76,28 @@ func (f *FS) Status() Status {
 	}
 	if err := f.Err(); err != nil {
 		s.Error = err.Error()
+	}
+	s.UptimeSeconds = time.Since(f.started).Seconds()
+	s.ReadBytes, s.WrittenBytes = f.stats.ReadBytes.Load(), f.stats.WrittenBytes.Load()
+	s.ReadAhead = f.ra.issued.Load()
+	stores := map[string]store.Store{"main": f.main}
+	if f.opts.WAL != nil {
+		stores["wal"] = f.opts.WAL
+	}
+	for name, st := range stores {
+		sc, ok := st.(*sched.Store)
+		if !ok {
+			continue
+		}
+		ops := sc.Stats().Ops
+		m := make(map[string]int64, len(ops))
+		for op, o := range ops {
+			m[sched.Op(op).String()] = o.Requests
+		}
+		if s.Requests == nil {
+			s.Requests = map[string]map[string]int64{}
+		}
+		s.Requests[name] = m
 	}
 	if m, ok := f.cache.(interface{ Stats() cache.Stats }); ok {
 		cs := m.Stats()

@@ -100,6 +100,7 @@ func (f *FS) Write(ctx context.Context, c *Cred, ino uint64, off uint64, p []byt
 		}
 	})
 	f.noteDirty(b)
+	f.stats.WrittenBytes.Add(int64(len(p)))
 	return n, err
 }
 

@@ -30,12 +30,14 @@ var (
 	descCorrupt    = prometheus.NewDesc("zerofs_corrupt_frames_total", "Data frames that failed authentication or decoding (reads of them fail with EIO).", nil, nil)
 	descGCDeleted  = prometheus.NewDesc("zerofs_gc_deleted_objects_total", "Data objects deleted by garbage collection.", nil, nil)
 	descGCPacked   = prometheus.NewDesc("zerofs_gc_packed_objects_total", "Data objects whose live data garbage collection moved.", nil, nil)
+	descFileBytes  = prometheus.NewDesc("zerofs_file_bytes_total", "File data read and written by clients (NBD and NFS), by direction: what store requests per GiB are reckoned against.", []string{"dir"}, nil)
+	descReadAhead  = prometheus.NewDesc("zerofs_read_ahead_bytes_total", "File data read ahead of sequential readers.", nil, nil)
 )
 
 func (c *fsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descEpoch, descWritable, descDirty, descMemWaiters, descMemWaits, descOpenBatch, descSealed, descWALDepth,
 		descWALRecords, descWALBytes, descCommit, descCacheHits, descCacheMiss, descCacheBytes, descCacheCap,
-		descStoreGets, descStoreErr, descCorrupt, descGCDeleted, descGCPacked} {
+		descStoreGets, descStoreErr, descCorrupt, descGCDeleted, descGCPacked, descFileBytes, descReadAhead} {
 		ch <- d
 	}
 }
@@ -60,6 +62,9 @@ func (c *fsCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descOpenBatch, float64(s.OpenBatchBytes))
 	gauge(descSealed, float64(s.SealedBatches))
 	gauge(descWALDepth, float64(s.WALDepth))
+	counter(descFileBytes, float64(s.ReadBytes), "read")
+	counter(descFileBytes, float64(s.WrittenBytes), "write")
+	counter(descReadAhead, float64(s.ReadAhead))
 	counter(descWALRecords, float64(s.FlushRecords))
 	st := c.f.Stats()
 	counter(descWALBytes, float64(st.CommitBytes.Load()))

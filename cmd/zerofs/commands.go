@@ -107,7 +107,41 @@ func cmdStatus(args []string) error {
 	fmt.Fprintf(w, "store errors\t%d (failed reads and retried WAL appends)\n", s.StoreErrors)
 	fmt.Fprintf(w, "corrupt frames\t%d\n", s.CorruptFrames)
 	fmt.Fprintf(w, "gc\t%d objects deleted, %d packed\n", s.GCDeleted, s.GCPacked)
+	up := time.Duration(s.UptimeSeconds * float64(time.Second)).Round(time.Second)
+	fmt.Fprintf(w, "client data\t%s read, %s written, %s read ahead, in %s\n",
+		humanSize(uint64(s.ReadBytes)), humanSize(uint64(s.WrittenBytes)), humanSize(uint64(s.ReadAhead)), up)
+	for _, name := range []string{"main", "wal"} {
+		if ops, ok := s.Requests[name]; ok {
+			fmt.Fprintf(w, "requests (%s store)\t%s\n", name, requestCost(ops, s))
+		}
+	}
 	return w.Flush()
+}
+
+// requestCost says what a store's requests came to: each operation's count,
+// per GiB of what drives it (PUTs per GiB written, GETs per GiB read) and
+// per hour up.
+func requestCost(ops map[string]int64, s fs.Status) string {
+	per := func(n, bytes int64) string {
+		if bytes < 1<<20 {
+			return ""
+		}
+		return fmt.Sprintf(" (%.0f per GiB)", float64(n)/(float64(bytes)/(1<<30)))
+	}
+	hours := max(s.UptimeSeconds/3600, 1.0/60)
+	var parts []string
+	for _, op := range []string{"put", "get", "head", "list", "delete"} {
+		n := ops[op]
+		p := fmt.Sprintf("%s %d", strings.ToUpper(op), n)
+		switch op {
+		case "put":
+			p += per(n, s.WrittenBytes)
+		case "get":
+			p += per(n, s.ReadBytes)
+		}
+		parts = append(parts, p+fmt.Sprintf(", %.0f/h", float64(n)/hours))
+	}
+	return strings.Join(parts, "; ")
 }
 
 func cmdNBD(args []string) error {

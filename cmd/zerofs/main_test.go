@@ -247,7 +247,12 @@ func TestRunServesAndManagesDevices(t *testing.T) {
 		t.Fatalf("nfs-ls of /.nbd: %v\n%s", err, ls)
 	}
 	status, err := run(t, bin, "", append([]string{"status", "--json"}, adm...)...)
-	if err != nil || !strings.Contains(status, `"writable": true`) {
+	if err != nil || !strings.Contains(status, `"writable": true`) || !strings.Contains(status, `"put":`) {
+		t.Fatalf("status: %v\n%s", err, status)
+	}
+	// The human form says what the store's requests cost.
+	status, err = run(t, bin, "", append([]string{"status"}, adm...)...)
+	if err != nil || !strings.Contains(status, "requests (main store)") || !strings.Contains(status, "per GiB") {
 		t.Fatalf("status: %v\n%s", err, status)
 	}
 	// A read right after a flush may be served from the frames of a batch
@@ -268,7 +273,8 @@ func TestRunServesAndManagesDevices(t *testing.T) {
 	for _, family := range []string{"zerofs_nbd_requests_total", "zerofs_nbd_request_duration_seconds_count",
 		"zerofs_nbd_bytes_total", "zerofs_store_requests_total", "zerofs_store_bytes_total", "zerofs_store_max_requests",
 		"zerofs_wal_records_total", "zerofs_wal_bytes_total", "zerofs_commit_duration_seconds_count",
-		"zerofs_nfs_requests_total", "zerofs_nfs_request_duration_seconds_count", "zerofs_cache_hits_total"} {
+		"zerofs_nfs_requests_total", "zerofs_nfs_request_duration_seconds_count", "zerofs_cache_hits_total",
+		"zerofs_file_bytes_total"} {
 		if !nonZero(metrics, family) {
 			t.Errorf("metric family %s has no non-zero sample", family)
 		}
