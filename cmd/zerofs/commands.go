@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -63,6 +64,22 @@ func adminClient(cfgPath, addr string) (*admin.Client, error) {
 		addr = c.Servers.Admin.Address
 	}
 	return &admin.Client{Base: "http://" + addr}, nil
+}
+
+// nbdPort is the port the configuration in cfgPath serves NBD on, for
+// messages: NBD's registered port 10809 without one.
+func nbdPort(cfgPath string) string {
+	if cfgPath == "" {
+		return "10809"
+	}
+	c, err := config.Load(cfgPath)
+	if err != nil || len(c.Servers.NBD.Addresses) == 0 {
+		return "10809"
+	}
+	if _, port, err := net.SplitHostPort(c.Servers.NBD.Addresses[0]); err == nil {
+		return port
+	}
+	return "10809"
 }
 
 func cmdStatus(args []string) error {
@@ -208,7 +225,7 @@ func cmdNBD(args []string) error {
 		if err := cl.CreateExport(ctx, name, size); err != nil {
 			return err
 		}
-		fmt.Printf("created %s (%s); attach it with: nbd-client HOST 10809 /dev/nbd0 -N %s -persist -timeout 600 -connections 8\n", name, humanSize(size), name)
+		fmt.Printf("created %s (%s); attach it with: nbd-client HOST %s /dev/nbd0 -N %s -persist -timeout 600 -connections 8\n", name, humanSize(size), nbdPort(*cfgPath), name)
 		return nil
 	case "resize":
 		name, err := needName()
