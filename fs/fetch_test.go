@@ -234,7 +234,7 @@ func TestAbandonedReadAheadRefetched(t *testing.T) {
 	testutil.Eventually(t, func() bool { return f.flights.joined.Load() > joined }, func() string { return "the reader joining the read-ahead fetch" })
 	// Reads elsewhere replace the stream, which cancels its read-ahead.
 	raBefore := f.ra.issued.Load()
-	for _, off := range []int{5 << 20, 6 << 20, 7 << 20, 8<<20 - rec} {
+	for _, off := range []int{7 << 19, 5 << 20, 13 << 19, 8<<20 - rec} { // 1.5 MiB apart: no stream continues another
 		mustRead(t, f, ino, uint64(off), rec)
 	}
 	select {

@@ -44,7 +44,7 @@ const (
 	readAheadMin = 1 << 20 // sequential bytes before read-ahead starts
 	raFirst      = 1 << 20 // first window
 	raStep       = maxRunBytes
-	raSlack      = 256 << 10 // how far off a stream's end a read may start and continue it
+	raSlack      = 1 << 20 // how far off a stream's end a read may start and continue it
 )
 
 type readAhead struct {
@@ -97,10 +97,11 @@ func (ra *readAhead) observe(parent context.Context, ino, off, n, size uint64, t
 		if s.ino != ino || s.next == 0 {
 			continue
 		}
-		// Pipelined requests are served a little out of order: a read may
-		// start behind the stream's end (within its window) or a few
-		// requests past it.
-		back, fwd := max(s.window, 8*n, raSlack), max(8*n, raSlack)
+		// Pipelined requests are served out of order: a read may start
+		// behind the stream's end (within its window) or some requests
+		// past it (a kernel client spreads a deep queue of 128 KiB reads
+		// over several connections).
+		back, fwd := max(s.window, 16*n, raSlack), max(16*n, raSlack)
 		if off+back >= s.next && off <= s.next+fwd {
 			st = s
 			break
