@@ -20,10 +20,10 @@ import (
 	"zerofs/store"
 )
 
-// Integration tests against a real S3 server (versitygw): a fresh machine —
-// the local state directory deleted — recovers every flushed byte and every
-// flushed namespace change from the bucket alone, through a checkpoint and
-// WAL replay after it.
+// Integration tests against a real S3 server (versitygw, or MinIO under make
+// test-minio): a fresh machine — the local state directory deleted —
+// recovers every flushed byte and every flushed namespace change from the
+// bucket alone, through a checkpoint and WAL replay after it.
 //
 // itTree drives the filesystem and a model of what it must hold side by
 // side; verify walks the whole filesystem and compares it with the model:
@@ -463,7 +463,7 @@ func openITBucket(t *testing.T, endpoint, accessKey, secretKey, bucket string) s
 // see everything. It then goes on, packs data into segments, crashes, and a
 // second fresh machine must see that too.
 func TestS3IntegrationFreshMachine(t *testing.T) {
-	endpoint, ak, sk := testutil.StartVersityGW(t)
+	endpoint, ak, sk := testutil.StartS3Server(t)
 	for _, stop := range []string{"close", "crash"} {
 		t.Run(stop, func(t *testing.T) {
 			ctx := context.Background()
@@ -538,7 +538,7 @@ func TestS3IntegrationFreshMachine(t *testing.T) {
 //     data lives only on that disk until it is packed and checkpointed.
 func TestS3IntegrationLocalWAL(t *testing.T) {
 	ctx := context.Background()
-	endpoint, ak, sk := testutil.StartVersityGW(t)
+	endpoint, ak, sk := testutil.StartS3Server(t)
 	st := openITBucket(t, endpoint, ak, sk, "local-wal")
 	walURL := "file://" + t.TempDir()
 	wst, err := store.Open(ctx, walURL, store.Options{})
@@ -618,7 +618,7 @@ func TestS3IntegrationLocalWAL(t *testing.T) {
 // read-ahead, several frames per GET) and random reads must all return the
 // right bytes, the store's retries absorbing every fault.
 func TestS3ReadsUnderFaults(t *testing.T) {
-	endpoint, ak, sk := testutil.StartVersityGW(t)
+	endpoint, ak, sk := testutil.StartS3Server(t)
 	url, sopts := testutil.CreateBucket(t, endpoint, ak, sk, "faulty-reads", "fs")
 	px, err := s3proxy.Start(endpoint, s3proxy.Options{})
 	if err != nil {

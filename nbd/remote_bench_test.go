@@ -49,7 +49,7 @@ func BenchmarkNBDRemoteStore(b *testing.B) {
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
-	endpoint, ak, sk := testutil.StartVersityGW(b)
+	endpoint, ak, sk := testutil.StartS3Server(b)
 	url, sopts := testutil.CreateBucket(b, endpoint, ak, sk, "zerofs-bench", "")
 	px, err := s3proxy.Start(endpoint, s3proxy.Options{Latency: latency, Rate: rate})
 	if err != nil {

@@ -23,10 +23,10 @@ func isPart(n string) s3proxy.Match {
 	return func(r *http.Request) bool { return r.URL.Query().Get("partNumber") == n }
 }
 
-// TestS3Faults puts internal/s3proxy between the store and versitygw and
+// TestS3Faults puts internal/s3proxy between the store and the S3 test server and
 // injects faults per request.
 func TestS3Faults(t *testing.T) {
-	endpoint, ak, sk := testutil.StartVersityGW(t)
+	endpoint, ak, sk := testutil.StartS3Server(t)
 	const bucket = "zerofs-faults"
 	testutil.CreateBucket(t, endpoint, ak, sk, bucket, "")
 	raw := rawClient(endpoint, ak, sk)

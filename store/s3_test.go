@@ -22,7 +22,7 @@ func smallParts(o store.Options) store.Options {
 }
 
 func TestS3(t *testing.T) {
-	endpoint, ak, sk := testutil.StartVersityGW(t)
+	endpoint, ak, sk := testutil.StartS3Server(t)
 	url, opts := testutil.CreateBucket(t, endpoint, ak, sk, "zerofs-suite", "")
 	opts = smallParts(opts)
 	raw := rawClient(endpoint, ak, sk)
@@ -48,7 +48,7 @@ func TestS3(t *testing.T) {
 // TestS3Prefix checks that keys live under the URL's prefix and that stores
 // with overlapping prefixes do not see each other's objects.
 func TestS3Prefix(t *testing.T) {
-	endpoint, ak, sk := testutil.StartVersityGW(t)
+	endpoint, ak, sk := testutil.StartS3Server(t)
 	url, opts := testutil.CreateBucket(t, endpoint, ak, sk, "zerofs-prefix", "")
 	ctx := context.Background()
 	open := func(u string) store.Store {
@@ -80,7 +80,7 @@ func TestS3Prefix(t *testing.T) {
 }
 
 func TestS3MissingBucket(t *testing.T) {
-	endpoint, ak, sk := testutil.StartVersityGW(t)
+	endpoint, ak, sk := testutil.StartS3Server(t)
 	s, err := store.Open(context.Background(), "s3://no-such-bucket/x", testutil.Options(endpoint, ak, sk))
 	if err != nil {
 		t.Fatal(err)

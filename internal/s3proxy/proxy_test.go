@@ -28,7 +28,7 @@ import (
 
 const bucket = "s3proxy"
 
-// gateway is one versitygw for the whole test binary's S3 tests: each test
+// gateway is one S3 test server for the whole test binary's S3 tests: each test
 // gets its own proxy in front of it and its own keys.
 type gateway struct {
 	endpoint string
@@ -36,7 +36,7 @@ type gateway struct {
 }
 
 func startGateway(t *testing.T) gateway {
-	endpoint, ak, sk := testutil.StartVersityGW(t)
+	endpoint, ak, sk := testutil.StartS3Server(t)
 	testutil.CreateBucket(t, endpoint, ak, sk, bucket, "")
 	return gateway{endpoint: endpoint, raw: client(endpoint, 3)}
 }
