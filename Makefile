@@ -1,6 +1,8 @@
 # zerofs — see README.md. Targets:
 #   make run     build and serve config.example.toml (file:// store under ./data, loopback)
 #   make test    install test dependencies (apt packages, versitygw), then run every test
+#   make test-minio  the store conformance suite and S3 integration tests against
+#                MinIO instead of versitygw (not part of make test; docs/stores.md)
 #   make bench   run the benchmarks (writes nothing; see docs/benchmarks.md)
 #   make fuzz    run every fuzz target for FUZZTIME (default 60s)
 #   make soak    the long randomized crash-recovery run (5 random seeds of
@@ -12,7 +14,7 @@ export GOFLAGS
 
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build run test test-deps check unit fuzz-quick fuzz bench bench-remote soak clean
+.PHONY: all build run test test-minio test-deps check unit fuzz-quick fuzz bench bench-remote soak clean
 
 all: build
 
@@ -26,6 +28,13 @@ test: test-deps check unit fuzz-quick
 
 test-deps:
 	./scripts/install-test-deps.sh
+
+# The S3 tests (store conformance suite, fault injection, fs integration, the
+# fault proxy) against MinIO: scripts/install-minio.sh builds it once (~9 min
+# of CPU), testutil.StartS3Server starts it when ZEROFS_S3_SERVER=minio.
+test-minio:
+	./scripts/install-minio.sh
+	ZEROFS_S3_SERVER=minio $(GO) test -race -count=1 -timeout 30m -run 'S3|^TestProxy$$' ./store ./fs ./internal/s3proxy
 
 # Formatting and vet first: cheap, and a failure there is the clearest.
 check:
