@@ -39,11 +39,13 @@ import (
 const (
 	// maxRunBytes caps one GET. Bigger runs save requests (each costs a
 	// round trip and is billed) but serialize a large read on one
-	// connection's rate (S3 streams a request at 50–100 MB/s): an 8 MiB GET
-	// takes about 20 ms to first byte plus 80 ms of streaming, so a 32 MiB
-	// read-ahead window keeps four in flight, and a GiB read sequentially
-	// costs under 200 GETs.
-	maxRunBytes = 8 << 20
+	// connection's rate (S3 streams a request at 50–100 MB/s): a 16 MiB GET
+	// takes about 20 ms to first byte plus 170 ms of streaming, so a 64 MiB
+	// read-ahead window keeps four in flight. Measured through a 20 ms /
+	// 100 MB/s proxy (docs/benchmarks.md), 16 MiB runs read a cold GiB with
+	// 135 GETs at 0.92x what bare GETs deliver; 8 MiB runs took 258 GETs
+	// and were no faster.
+	maxRunBytes = 16 << 20
 	// maxRunGap: frames of one object this close are fetched by one GET that
 	// reads the gap too. A gap of 128 KiB costs ~1.3 ms at 100 MB/s, far less
 	// than the round trip a second GET would cost.

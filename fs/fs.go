@@ -63,7 +63,7 @@ type Options struct {
 	// memory cache and the store. Zero disables it.
 	DiskCacheBytes int64
 	// ReadAheadBytes caps how far ahead of a sequential reader frames are
-	// fetched (see readahead.go). Zero means 32 MiB; negative disables
+	// fetched (see readahead.go). Zero means 64 MiB; negative disables
 	// read-ahead.
 	ReadAheadBytes int64
 
@@ -103,7 +103,7 @@ func (o *Options) setDefaults() {
 		o.CacheBytes = 256 << 20
 	}
 	if o.ReadAheadBytes == 0 {
-		o.ReadAheadBytes = 32 << 20
+		o.ReadAheadBytes = 64 << 20
 	}
 	if o.BatchBytes == 0 {
 		o.BatchBytes = 16 << 20
@@ -303,7 +303,10 @@ func Open(ctx context.Context, opts Options) (*FS, error) {
 	f.memCV = sync.NewCond(&f.memMu)
 	if opts.ReadAheadBytes > 0 {
 		f.ra.max = uint64(opts.ReadAheadBytes)
-		f.ra.maxTotal = 4 * opts.ReadAheadBytes // four sequential readers at full speed
+		// Two windows in flight in all: one reader at full speed, or
+		// several sharing, without read-ahead growing past what the
+		// memory bound in docs/operations.md allows for.
+		f.ra.maxTotal = 2 * opts.ReadAheadBytes
 	}
 	f.started = time.Now()
 	f.bgCtx, f.bgCancel = context.WithCancel(context.Background())

@@ -25,10 +25,11 @@ import (
 //
 // Each stream must read readAheadMin bytes in a row before it gets any
 // read-ahead, so scattered reads that happen to land near each other do
-// not trigger it. Then its window starts at 1 MiB and doubles each time the
-// reader is half-way into it, up to the configured cap; read-ahead is
-// topped up only then, so it goes out in large GETs, not one per read. A read that breaks the
-// pattern starts a new stream; a stream that is replaced cancels its
+// not trigger it. Then its window starts at 4 MiB and doubles each time it
+// is topped up, up to the configured cap. It is topped up in whole steps of
+// up to 16 MiB (one GET each, see fetch.go) as soon as a step fits, so that
+// the window stays full: a stream reads as fast as its bytes in flight over
+// a GET's duration. A read that breaks the pattern starts a new stream; a stream that is replaced cancels its
 // read-ahead GETs still queued or in flight (demand readers that had joined
 // them fetch for themselves), so random access stops read-ahead at once.
 //
@@ -42,7 +43,7 @@ const (
 	raSlots      = 64      // table slots, chosen by inode
 	raWays       = 4       // streams per slot
 	readAheadMin = 1 << 20 // sequential bytes before read-ahead starts
-	raFirst      = 1 << 20 // first window
+	raFirst      = 4 << 20 // first window: reached only after readAheadMin in a row
 	raStep       = maxRunBytes
 	raSlack      = 1 << 20 // how far off a stream's end a read may start and continue it
 )
@@ -131,22 +132,28 @@ func (ra *readAhead) observe(parent context.Context, ino, off, n, size uint64, t
 	}
 	if !st.started {
 		st.started = true
-		st.window = raFirst
+		st.window = min(raFirst, ra.max)
 		st.issued = st.next
 		st.ctx, st.cancel = context.WithCancel(parent)
 	}
 	if st.issued < st.next {
 		st.issued = st.next // the reader overtook read-ahead
 	}
-	if st.issued-st.next > st.window/2 {
-		return true, todo // enough ahead: top up in large steps, not per read
+	// Top up in whole steps, as soon as one fits in the window: what a
+	// stream reads per second is what it has in flight over how long a GET
+	// takes, so the window is kept full, not refilled when half empty.
+	step := min(raStep, st.window/2)
+	if st.issued+step > st.next+st.window && st.issued < size {
+		return true, todo
 	}
-	// The reader is half-way into the window: read further ahead, and
-	// further than last time.
-	st.window = min(2*st.window, ra.max)
+	st.window = min(2*st.window, ra.max) // the reader keeps up: reach further
+	step = min(raStep, st.window/2)
 	target := min(st.next+st.window, size)
 	for st.issued < target && ra.inflight.Load() < ra.maxTotal {
-		hi := min(st.issued+raStep, target)
+		if st.issued+step > target && target < size {
+			break // only whole steps, but the file's end
+		}
+		hi := min(st.issued+step, target)
 		ra.inflight.Add(int64(hi - st.issued))
 		ra.issued.Add(int64(hi - st.issued))
 		todo = append(todo, raRange{ctx: st.ctx, ino: ino, lo: st.issued, hi: hi})

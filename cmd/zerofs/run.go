@@ -138,7 +138,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	// set, wins.
 	if os.Getenv("GOMEMLIMIT") == "" {
 		limit := int64(cfg.WAL.MaxDirtyMB)<<20 + int64(cfg.WAL.MaxRequestMB)<<20 +
-			int64(cfg.Cache.MemorySizeGB*(1<<30)) + memoryOverhead
+			int64(cfg.Cache.MemorySizeGB*(1<<30)) + 2*int64(cfg.Cache.ReadAheadMB)<<20 + memoryOverhead
 		debug.SetMemoryLimit(limit)
 		log.Info("memory limit set from the budgets", "bytes", limit)
 	}
