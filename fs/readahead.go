@@ -41,7 +41,7 @@ import (
 
 const (
 	raSlots      = 64      // table slots, chosen by inode
-	raWays       = 4       // streams per slot
+	raWays       = 8       // streams per slot: a resilver reads with several
 	readAheadMin = 1 << 20 // sequential bytes before read-ahead starts
 	raFirst      = 4 << 20 // first window: reached only after readAheadMin in a row
 	raStep       = maxRunBytes
