@@ -196,7 +196,7 @@ func TestAbandonedReadAheadRefetched(t *testing.T) {
 	f := mustOpen(t, opts)
 	defer func() { st.Clear(); f.Close() }()
 	const rec = 64 << 10 // one WAL record per 64 KiB: one GET each
-	data := make([]byte, 8<<20)
+	data := make([]byte, 16<<20)
 	rand.Read(data)
 	ino := coldFile(t, f, data, rec)
 	f.cache = cache.NewMemory(64 << 20)
@@ -234,8 +234,8 @@ func TestAbandonedReadAheadRefetched(t *testing.T) {
 	testutil.Eventually(t, func() bool { return f.flights.joined.Load() > joined }, func() string { return "the reader joining the read-ahead fetch" })
 	// Reads elsewhere replace the stream, which cancels its read-ahead.
 	raBefore := f.ra.issued.Load()
-	for _, off := range []int{7 << 19, 5 << 20, 13 << 19, 8<<20 - rec} { // 1.5 MiB apart: no stream continues another
-		mustRead(t, f, ino, uint64(off), rec)
+	for i := range raWays { // 1.5 MiB apart: no stream continues another
+		mustRead(t, f, ino, uint64(7<<19+i*(3<<19)), rec)
 	}
 	select {
 	case buf := <-got:
