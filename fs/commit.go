@@ -333,13 +333,15 @@ func (f *FS) waitApplied() {
 	}
 }
 
-// ticker seals the open batch by age and on request (size), and runs the
-// periodic checkpoint and garbage collection.
+// ticker seals the open batch by age and on request (size). It does
+// nothing else: a write that is never flushed is lost in a crash only if it
+// is younger than BatchAge (docs/durability.md), and that holds only while
+// nothing slow stands between two ticks. Checkpoints and GC, which can take
+// minutes of store requests, run in maintainer.
 func (f *FS) ticker() {
 	defer f.bg.Done()
 	tick := time.NewTicker(min(f.opts.BatchAge/4, 250*time.Millisecond))
 	defer tick.Stop()
-	lastCkpt, lastGC := time.Now(), time.Now()
 	for {
 		select {
 		case <-f.stop:
@@ -354,18 +356,34 @@ func (f *FS) ticker() {
 			if old {
 				f.kickSeal()
 			}
+		}
+	}
+}
+
+// maintainer runs the periodic checkpoint and garbage collection, one after
+// the other, apart from the ticker's age-based seals.
+func (f *FS) maintainer() {
+	defer f.bg.Done()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	lastCkpt, lastGC := time.Now(), time.Now()
+	for {
+		select {
+		case <-f.stop:
+			return
+		case now := <-tick.C:
 			if f.Err() != nil {
 				continue
 			}
 			if f.opts.CheckpointInterval > 0 && now.Sub(lastCkpt) >= f.opts.CheckpointInterval {
 				lastCkpt = now
-				if err := f.checkpoint(f.workCtx); err != nil {
+				if err := f.checkpoint(f.workCtx); err != nil && f.workCtx.Err() == nil {
 					f.log.Warn("checkpoint failed; will retry", "err", err)
 				}
 			}
 			if f.opts.GCInterval > 0 && now.Sub(lastGC) >= f.opts.GCInterval {
 				lastGC = now
-				if _, err := f.GC(f.workCtx); err != nil {
+				if _, err := f.GC(f.workCtx); err != nil && f.workCtx.Err() == nil {
 					f.log.Warn("garbage collection pass failed; will retry", "err", err)
 				}
 			}

@@ -334,11 +334,12 @@ func Open(ctx context.Context, opts Options) (*FS, error) {
 	}
 	f.batchNum = 1
 	f.open = newBatch(f.batchNum)
-	f.bg.Add(4)
+	f.bg.Add(5)
 	go f.sealer()
 	go f.completer()
 	go f.applier()
 	go f.ticker()
+	go f.maintainer()
 	if err := f.ensureRoot(ctx); err != nil {
 		f.Close()
 		return nil, err
