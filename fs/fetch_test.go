@@ -188,7 +188,9 @@ func TestReadAheadStopsOnRandomAccess(t *testing.T) {
 }
 
 // Replacing a stream cancels its read-ahead: a demand reader that had
-// joined a cancelled fetch fetches for itself and gets its data.
+// joined a cancelled fetch fetches for itself and gets its data. (A stream
+// with read-ahead running is replaced only by another sequential reader,
+// once every way of its slot has one.)
 func TestAbandonedReadAheadRefetched(t *testing.T) {
 	st := faultstore.New(store.NewMem())
 	opts := testOptions(t, st, t.TempDir())
@@ -196,7 +198,7 @@ func TestAbandonedReadAheadRefetched(t *testing.T) {
 	f := mustOpen(t, opts)
 	defer func() { st.Clear(); f.Close() }()
 	const rec = 64 << 10 // one WAL record per 64 KiB: one GET each
-	data := make([]byte, 16<<20)
+	data := make([]byte, 24<<20)
 	rand.Read(data)
 	ino := coldFile(t, f, data, rec)
 	f.cache = cache.NewMemory(64 << 20)
@@ -232,10 +234,14 @@ func TestAbandonedReadAheadRefetched(t *testing.T) {
 		got <- buf
 	}()
 	testutil.Eventually(t, func() bool { return f.flights.joined.Load() > joined }, func() string { return "the reader joining the read-ahead fetch" })
-	// Reads elsewhere replace the stream, which cancels its read-ahead.
-	raBefore := f.ra.issued.Load()
-	for i := range raWays { // 1.5 MiB apart: no stream continues another
-		mustRead(t, f, ino, uint64(7<<19+i*(3<<19)), rec)
+	// Sequential readers elsewhere, one per way of the slot, each reading
+	// until its read-ahead starts: the last one replaces the stream, which
+	// cancels its read-ahead.
+	for i := range raWays { // 2.5 MiB apart: no stream continues another
+		start := 3<<20 + i*(5<<19)
+		for off := start; off <= start+1<<20; off += rec {
+			mustRead(t, f, ino, uint64(off), rec)
+		}
 	}
 	select {
 	case buf := <-got:
@@ -245,10 +251,49 @@ func TestAbandonedReadAheadRefetched(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the reader of an abandoned read-ahead never got its data")
 	}
-	if ra := f.ra.issued.Load() - raBefore; ra != 0 {
-		t.Fatalf("reads at scattered offsets read %d bytes ahead", ra)
-	}
 	if n := heldGets.Load(); n != 2 {
 		t.Fatalf("%d GETs of the held record, want 2: the abandoned read-ahead's and the reader's own", n)
+	}
+}
+
+// Random reads of a device do not push its sequential reader's stream out:
+// a stream with read-ahead running is replaced only by another sequential
+// reader.
+func TestRandomReadsKeepSequentialStream(t *testing.T) {
+	st := faultstore.New(store.NewMem())
+	opts := testOptions(t, st, t.TempDir())
+	opts.ReadAheadBytes = 1 << 20
+	f := mustOpen(t, opts)
+	defer f.Close()
+	data := make([]byte, 16<<20)
+	rand.Read(data)
+	ino := coldFile(t, f, data, 1<<20)
+	f.cache = cache.NewMemory(64 << 20)
+	const rs = 64 << 10
+	for off := 0; off <= 1<<20; off += rs {
+		mustRead(t, f, ino, uint64(off), rs)
+	}
+	stream := func() *raStream {
+		sl := &f.ra.slots[(ino*0x9E3779B97F4A7C15)>>58%raSlots]
+		sl.mu.Lock()
+		defer sl.mu.Unlock()
+		for i := range sl.streams {
+			if s := &sl.streams[i]; s.ino == ino && s.started && s.next == 1<<20+rs {
+				return s
+			}
+		}
+		return nil
+	}
+	s := stream()
+	if s == nil {
+		t.Fatal("1 MiB of sequential reads started no read-ahead")
+	}
+	rng := mrand.New(mrand.NewPCG(3, 4))
+	for range 10 * raWays {
+		off := 4<<20 + rng.IntN(12<<20-4096)
+		mustRead(t, f, ino, uint64(off), 4096)
+	}
+	if stream() != s || s.ctx.Err() != nil {
+		t.Fatal("random reads pushed out the sequential stream and cancelled its read-ahead")
 	}
 }

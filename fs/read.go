@@ -340,7 +340,11 @@ func (f *FS) readObject(ctx context.Context, o ObjRef, off, n int64) ([]byte, er
 	case errors.Is(err, store.ErrNotFound):
 		return nil, fmt.Errorf("read %s: %w: %w", key, errObjectGone, ErrIO)
 	case err != nil:
-		f.stats.StoreErrors.Add(1)
+		if ctx.Err() == nil {
+			// A read-ahead abandoned, or the filesystem closing, is not
+			// the store failing: zerofs_store_errors_total is for alerts.
+			f.stats.StoreErrors.Add(1)
+		}
 		return nil, fmt.Errorf("read %s [%d, +%d): %w: %w", key, off, n, ErrIO, err)
 	case int64(len(b)) != n:
 		return nil, fmt.Errorf("read %s [%d, +%d): object ends after %d bytes: %w: %w", key, off, n, len(b), ErrIO, frame.ErrCorrupt)

@@ -20,7 +20,8 @@ import (
 // starts near where an existing stream of the same inode ended (a few
 // requests either side, since pipelined requests are served slightly out of
 // order) continues it; any other read starts a new stream, replacing the
-// least recently used one of its table slot. Several streams per inode let 4 readers of one
+// least recently used one of its table slot that has no read-ahead running
+// (so that random reads of a device cannot push out its sequential reader). Several streams per inode let 4 readers of one
 // device (a ZFS resilver, a parallel restore) each keep their own.
 //
 // Each stream must read readAheadMin bytes in a row before it gets any
@@ -73,6 +74,28 @@ type raStream struct {
 	started bool
 }
 
+// victim is the way a new stream takes: the least recently used of those
+// that have not started read-ahead, or if all have, the least recently used.
+// Why: a random reader of a device starts a new stream with every read, and
+// those must not push out a sequential reader of the same device (a scrub
+// next to a database) whose read-ahead is running. Caller holds sl.mu.
+func (sl *raSlot) victim() *raStream {
+	var lru, lruIdle *raStream
+	for i := range sl.streams {
+		s := &sl.streams[i]
+		if lru == nil || s.used.Before(lru.used) {
+			lru = s
+		}
+		if !s.started && (lruIdle == nil || s.used.Before(lruIdle.used)) {
+			lruIdle = s
+		}
+	}
+	if lruIdle != nil {
+		return lruIdle
+	}
+	return lru
+}
+
 // raRange is read-ahead to fetch: bytes [lo, hi) of ino.
 type raRange struct {
 	ctx    context.Context
@@ -109,13 +132,7 @@ func (ra *readAhead) observe(parent context.Context, ino, off, n, size uint64, t
 		}
 	}
 	if st == nil {
-		// A new stream in the least recently used way of the slot.
-		st = &sl.streams[0]
-		for i := range sl.streams {
-			if sl.streams[i].used.Before(st.used) {
-				st = &sl.streams[i]
-			}
-		}
+		st = sl.victim()
 		if st.cancel != nil {
 			st.cancel()
 		}
