@@ -125,7 +125,7 @@ func cmdStatus(args []string) error {
 	fmt.Fprintf(w, "corrupt frames\t%d\n", s.CorruptFrames)
 	fmt.Fprintf(w, "gc\t%d objects deleted, %d packed\n", s.GCDeleted, s.GCPacked)
 	up := time.Duration(s.UptimeSeconds * float64(time.Second)).Round(time.Second)
-	fmt.Fprintf(w, "client data\t%s read, %s written, %s read ahead, in %s\n",
+	fmt.Fprintf(w, "client data\t%s read, %s written, %s read ahead (ranges issued), in %s\n",
 		humanSize(uint64(s.ReadBytes)), humanSize(uint64(s.WrittenBytes)), humanSize(uint64(s.ReadAhead)), up)
 	for _, name := range []string{"main", "wal"} {
 		if ops, ok := s.Requests[name]; ok {
@@ -145,7 +145,10 @@ func requestCost(ops map[string]int64, s fs.Status) string {
 		}
 		return fmt.Sprintf(" (%.0f per GiB)", float64(n)/(float64(bytes)/(1<<30)))
 	}
-	hours := max(s.UptimeSeconds/3600, 1.0/60)
+	// Per hour only once there is an hour to go by: before that the
+	// start-up's requests (recovery, the first checkpoint) would read as
+	// an hourly rate.
+	hours := s.UptimeSeconds / 3600
 	var parts []string
 	for _, op := range []string{"put", "get", "head", "list", "delete"} {
 		n := ops[op]
@@ -156,7 +159,10 @@ func requestCost(ops map[string]int64, s fs.Status) string {
 		case "get":
 			p += per(n, s.ReadBytes)
 		}
-		parts = append(parts, p+fmt.Sprintf(", %.0f/h", float64(n)/hours))
+		if hours >= 1 {
+			p += fmt.Sprintf(", %.0f/h", float64(n)/hours)
+		}
+		parts = append(parts, p)
 	}
 	return strings.Join(parts, "; ")
 }
