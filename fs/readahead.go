@@ -17,12 +17,15 @@ import (
 //
 // Streams. Block devices have no file descriptors, so, like the kernel's
 // per-file read-ahead, a stream is inferred from the requests: a read that
-// starts near where an existing stream of the same inode ended (a few
-// requests either side, since pipelined requests are served slightly out of
-// order) continues it; any other read starts a new stream, replacing the
-// least recently used one of its table slot that has no read-ahead running
-// (so that random reads of a device cannot push out its sequential reader). Several streams per inode let 4 readers of one
-// device (a ZFS resilver, a parallel restore) each keep their own.
+// starts near where an existing stream of the same inode ended (up to 1 MiB
+// or 16 requests either side: pipelined requests, spread by a kernel client
+// over several connections, are served out of order) continues it. Any
+// other read starts a new stream in a way of the inode's table slot: the
+// least recently used way without read-ahead running, so that a random
+// reader of a device (whose every read starts a stream) cannot push out the
+// sequential reader next to it; only when every way runs read-ahead does
+// the least recently used of them go. Several ways per slot let several
+// readers of one device (a ZFS resilver, a parallel restore) keep their own.
 //
 // Each stream must read readAheadMin bytes in a row before it gets any
 // read-ahead, so scattered reads that happen to land near each other do
@@ -30,9 +33,9 @@ import (
 // is topped up, up to the configured cap. It is topped up in whole steps of
 // up to 16 MiB (one GET each, see fetch.go) as soon as a step fits, so that
 // the window stays full: a stream reads as fast as its bytes in flight over
-// a GET's duration. A read that breaks the pattern starts a new stream; a stream that is replaced cancels its
-// read-ahead GETs still queued or in flight (demand readers that had joined
-// them fetch for themselves), so random access stops read-ahead at once.
+// a GET's duration. A stream that is replaced cancels its read-ahead GETs
+// still queued or in flight; demand readers that had joined them fetch for
+// themselves.
 //
 // Memory. Read-ahead lands in the memory cache, in its scan area (see
 // cache.Memory): frames a sequential stream reads are kept apart from the
