@@ -2,7 +2,6 @@ package nbd
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -99,14 +98,14 @@ func BenchmarkNBDFio(b *testing.B) {
 		{"1M seq write QD8", append([]string{"--rw=write", "--bs=1M", "--iodepth=8"}, timed...)},
 		{"4k randwrite+FLUSH each QD1", append([]string{"--rw=randwrite", "--bs=4k", "--iodepth=1", "--fsync=1"}, timed...)},
 	}
-	run := func(uri string, args []string) fioResult {
+	run := func(uri string, args []string) fioStats {
 		all := append([]string{"--name=bench", "--ioengine=nbd", "--uri=" + uri, "--output-format=json",
 			fmt.Sprintf("--size=%d", size), "--randrepeat=0"}, args...)
 		out, stderr, err := runToolErr(time.Duration(runtime+120)*time.Second, fio, all...)
 		if err != nil {
 			b.Fatalf("fio %s: %v\n%s\n%s", strings.Join(all, " "), err, out, stderr)
 		}
-		return parseFio(b, out)
+		return parseFioStats(b, out)
 	}
 	// Fill both exports first so reads return data, not holes.
 	fill := []string{"--rw=write", "--bs=1M", "--iodepth=8"}
@@ -136,33 +135,6 @@ func BenchmarkNBDFio(b *testing.B) {
 	b.StopTimer()
 	table := strings.Join(rows, "\n")
 	fmt.Printf("\nNBD over loopback, fio nbd engine, %d MiB export, %ds per workload\n%s\n\n", sizeMiB, runtime, table)
-}
-
-type fioResult struct {
-	iops, mibps float64
-}
-
-// parseFio sums read and write of fio's JSON output.
-func parseFio(b *testing.B, out string) fioResult {
-	// fio prints "fio: connected to NBD server" lines before the JSON.
-	if i := strings.Index(out, "{"); i > 0 {
-		out = out[i:]
-	}
-	var doc struct {
-		Jobs []struct {
-			Read  struct{ IOPS, BW float64 } `json:"read"`
-			Write struct{ IOPS, BW float64 } `json:"write"`
-		} `json:"jobs"`
-	}
-	if err := json.Unmarshal([]byte(out), &doc); err != nil {
-		b.Fatalf("fio JSON: %v\n%s", err, out)
-	}
-	var r fioResult
-	for _, j := range doc.Jobs {
-		r.iops += j.Read.IOPS + j.Write.IOPS
-		r.mibps += (j.Read.BW + j.Write.BW) / 1024 // fio reports KiB/s
-	}
-	return r
 }
 
 func envInt(b *testing.B, name string, def int) int {

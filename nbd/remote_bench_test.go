@@ -235,7 +235,7 @@ func startBenchServer(b *testing.B, st store.Store, dir string, log *slog.Logger
 	}}
 }
 
-// fioStats is what the benchmark reads from fio's JSON output, summed over
+// fioStats is what the benchmarks read from fio's JSON output, summed over
 // jobs (--group_reporting makes that one).
 type fioStats struct {
 	iops, mibps       float64
