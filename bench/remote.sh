@@ -15,6 +15,7 @@
 #   ZEROFS_BENCH_LATENCY_MS  time to first byte added per request (default 20)
 #   ZEROFS_BENCH_RATE_MBPS   body rate per request, MB/s (default 100)
 #   ZEROFS_BENCH_RUNTIME     seconds of the timed workloads (default 10)
+#   ZEROFS_BENCH_READ_AHEAD_MB  [cache] read_ahead_mb (default 128, as zerofs run)
 #
 # Needs fio and versitygw (scripts/install-test-deps.sh installs both).
 set -euo pipefail

@@ -125,7 +125,7 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 // Defaults returns the configuration every key defaults to.
 func Defaults() Config {
 	return Config{
-		Cache:   Cache{Dir: "./data/cache", DiskSizeGB: 1, MemorySizeGB: 0.25, ReadAheadMB: 64},
+		Cache:   Cache{Dir: "./data/cache", DiskSizeGB: 1, MemorySizeGB: 0.5, ReadAheadMB: 128},
 		Storage: Storage{URL: "file://./data/store", Compression: "zstd", ChunkSizeKB: 64, MaxRequests: 64, Hedge: true},
 		WAL:     WAL{FlushInterval: Duration{time.Second}, BatchSizeMB: 16, MaxDirtyMB: 256, MaxRequestMB: 128, MaxReadWait: Duration{2 * time.Minute}, InFlight: 4},
 		AWS:     AWS{Region: "us-east-1"},

@@ -152,7 +152,7 @@ func (f *FS) fetchRuns(want []frameWant, fls []*flight, mine []bool, o fetchOpts
 	var remote []frameWant
 	for _, w := range want {
 		if raw, ok := f.diskFrame(w, o.scan); ok {
-			f.putFrame(w.ref.ID, raw, nil, o.scan)
+			f.putFrame(w.ref.ID, raw, o.scan)
 			f.flights.finish(flightOf[w.ref.ID], raw, nil)
 			continue
 		}
@@ -208,6 +208,7 @@ func (f *FS) fetchRun(run []frameWant, flightOf map[uint64]*flight, o fetchOpts)
 	if err != nil && o.runCtx.Err() != nil && o.runCtx != f.bgCtx {
 		err = fmt.Errorf("%w: %w", errFetchAbandoned, err)
 	}
+	var toDisk []diskPut
 	for _, w := range run {
 		fl := flightOf[w.ref.ID]
 		if err != nil {
@@ -217,10 +218,61 @@ func (f *FS) fetchRun(run []frameWant, flightOf map[uint64]*flight, o fetchOpts)
 		enc := buf[w.ref.Off-lo : w.ref.Off-lo+uint64(w.ref.Size)]
 		raw, derr := f.decodeFrame(w, enc)
 		if derr == nil {
-			f.putFrame(w.ref.ID, raw, enc, o.scan)
+			f.putFrame(w.ref.ID, raw, o.scan)
+			toDisk = append(toDisk, diskPut{w.ref.ID, enc})
 		}
 		f.flights.finish(fl, raw, derr)
 	}
+	f.cacheOnDisk(toDisk)
+}
+
+// diskPut is a frame fetched from the store, encoded, for the disk cache.
+type diskPut struct {
+	id  uint64
+	enc []byte
+}
+
+// diskWriters is how many runs may be written to the disk cache in the
+// background at once.
+const diskWriters = 2
+
+// cacheOnDisk writes frames fetched from the store to the disk cache, off
+// the readers' path: their flights are finished, so readers waiting for
+// them go on, and the reader that fetched them does not wait either. The
+// page cache writes of a cold sequential read cost as much CPU as
+// decrypting it, and on a machine reclaiming memory several times that
+// (docs/benchmarks.md): a reader that waited for them read at half speed.
+// At most diskWriters runs are written in the background, holding their
+// GET buffers; past that the fetching reader writes its own, which bounds
+// the memory and slows fetching to what the disk takes.
+func (f *FS) cacheOnDisk(puts []diskPut) {
+	if len(puts) == 0 || f.disk == nil {
+		return
+	}
+	write := func() {
+		for _, p := range puts {
+			f.disk.Put(p.id, p.enc) // a new disk entry starts cold either way
+		}
+	}
+	select {
+	case f.diskWriters <- struct{}{}:
+	default:
+		write()
+		return
+	}
+	f.closeMu.Lock()
+	if f.closed {
+		f.closeMu.Unlock()
+		<-f.diskWriters
+		return
+	}
+	f.bg.Add(1)
+	f.closeMu.Unlock()
+	go func() {
+		defer f.bg.Done()
+		defer func() { <-f.diskWriters }()
+		write()
+	}()
 }
 
 // diskFrame returns frame w from the disk cache, dropping an entry that
@@ -263,16 +315,12 @@ func (f *FS) decodeFrame(w frameWant, enc []byte) ([]byte, error) {
 	return raw, nil
 }
 
-// putFrame keeps a decoded frame in the memory cache and, when enc (its
-// encoded form, fresh from the store) is given, in the disk cache.
-func (f *FS) putFrame(id uint64, raw, enc []byte, scan bool) {
+// putFrame keeps a decoded frame in the memory cache.
+func (f *FS) putFrame(id uint64, raw []byte, scan bool) {
 	if scan {
 		f.cache.PutScan(id, raw)
 	} else {
 		f.cache.Put(id, raw)
-	}
-	if enc != nil && f.disk != nil {
-		f.disk.Put(id, enc) // a new disk entry starts cold either way
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	mrand "math/rand/v2"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"zerofs/cache"
 	"zerofs/internal/testutil"
@@ -295,5 +296,55 @@ func TestRandomReadsKeepSequentialStream(t *testing.T) {
 	}
 	if stream() != s || s.ctx.Err() != nil {
 		t.Fatal("random reads pushed out the sequential stream and cancelled its read-ahead")
+	}
+}
+
+// Read-ahead of several streams at once stays within the cap (a quarter of
+// the memory cache): beyond it, read-ahead would be evicted before its
+// readers came for it. A stream whose reader went away stops holding its
+// share. observe alone is driven, so nothing is fetched.
+func TestReadAheadSharesCap(t *testing.T) {
+	const (
+		mib    = 1 << 20
+		window = 32 * mib
+		size   = 1 << 30
+	)
+	ra := &readAhead{max: window, aheadCap: ReadAheadCap(64*mib, window)}
+	if ra.aheadCap != 16*mib {
+		t.Fatalf("cap %d MiB for a 64 MiB cache, want 16", ra.aheadCap/mib)
+	}
+	ctx := context.Background()
+	// Four readers of one file, a quarter each, 1 MiB at a time.
+	next := []uint64{0, size / 4, size / 2, 3 * size / 4}
+	var issued [4]uint64
+	for range 64 {
+		for r := range next {
+			_, todo := ra.observe(ctx, 7, next[r], mib, size, nil)
+			for _, rr := range todo {
+				issued[r] = max(issued[r], rr.hi)
+			}
+			next[r] += mib
+		}
+		var ahead uint64
+		for r := range next {
+			ahead += issued[r] - min(issued[r], next[r])
+		}
+		if now, _ := ra.aheadNow(time.Now().UnixNano(), nil, 0); now != int64(ahead) || now > ra.aheadCap {
+			t.Fatalf("read ahead %d MiB (published %d MiB), cap %d MiB", ahead/mib, now/mib, ra.aheadCap/mib)
+		}
+	}
+	for r := range next {
+		if issued[r] <= next[r] {
+			t.Errorf("reader %d got no read-ahead under the cap", r)
+		}
+	}
+	// The readers stop; once they have been idle for raIdle their share is
+	// free for a new reader.
+	sl := &ra.slots[(7*0x9E3779B97F4A7C15)>>58%raSlots]
+	for w := range sl.used {
+		sl.used[w].Store(time.Now().Add(-raIdle).UnixNano())
+	}
+	if now, _ := ra.aheadNow(time.Now().UnixNano(), nil, 0); now != 0 {
+		t.Fatalf("idle streams still hold %d MiB", now/mib)
 	}
 }

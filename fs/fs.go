@@ -63,7 +63,7 @@ type Options struct {
 	// memory cache and the store. Zero disables it.
 	DiskCacheBytes int64
 	// ReadAheadBytes caps how far ahead of a sequential reader frames are
-	// fetched (see readahead.go). Zero means 64 MiB; negative disables
+	// fetched (see readahead.go). Zero means 128 MiB; negative disables
 	// read-ahead.
 	ReadAheadBytes int64
 
@@ -100,10 +100,10 @@ func (o *Options) setDefaults() {
 		o.KeyParams = crypt.DefaultParams
 	}
 	if o.CacheBytes == 0 {
-		o.CacheBytes = 256 << 20
+		o.CacheBytes = 512 << 20
 	}
 	if o.ReadAheadBytes == 0 {
-		o.ReadAheadBytes = 64 << 20
+		o.ReadAheadBytes = 128 << 20
 	}
 	if o.BatchBytes == 0 {
 		o.BatchBytes = 16 << 20
@@ -233,6 +233,9 @@ type FS struct {
 	raCtx    context.Context // read-ahead: bgCtx in the store scheduler's ReadAhead class
 	workCtx  context.Context // GC and checkpoints: bgCtx in its Background class
 	bgCancel context.CancelFunc
+	// diskWriters holds a token per run being written to the disk cache
+	// in the background (fetch.go, cacheOnDisk).
+	diskWriters chan struct{}
 
 	ckptMu    sync.Mutex // one checkpoint at a time
 	gcMu      sync.Mutex // one GC pass at a time
@@ -299,14 +302,13 @@ func Open(ctx context.Context, opts Options) (*FS, error) {
 		doneCh:  make(chan *batch, 1024),
 		applyCh: make(chan *batch, 1024),
 		stop:    make(chan struct{}),
+
+		diskWriters: make(chan struct{}, diskWriters),
 	}
 	f.memCV = sync.NewCond(&f.memMu)
 	if opts.ReadAheadBytes > 0 {
 		f.ra.max = uint64(opts.ReadAheadBytes)
-		// Two windows in flight in all: one reader at full speed, or
-		// several sharing, without read-ahead growing past what the
-		// memory bound in docs/operations.md allows for.
-		f.ra.maxTotal = 2 * opts.ReadAheadBytes
+		f.ra.aheadCap = ReadAheadCap(opts.CacheBytes, opts.ReadAheadBytes)
 	}
 	f.started = time.Now()
 	f.bgCtx, f.bgCancel = context.WithCancel(context.Background())

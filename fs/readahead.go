@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"zerofs/cache"
 )
 
 // Read-ahead.
@@ -40,8 +42,16 @@ import (
 // Memory. Read-ahead lands in the memory cache, in its scan area (see
 // cache.Memory): frames a sequential stream reads are kept apart from the
 // hot set and evicted first, so one big pass cannot flush the hot set out.
-// The bytes of read-ahead in flight are capped across all streams; past the
-// cap a stream simply issues no more until some complete.
+// What is read ahead but not read yet — in flight or landed — is capped
+// across all streams at the room the scan area is sure to have, a
+// ScanShare of the memory cache (ReadAheadCap): past it, read-ahead would
+// be evicted before its reader came for it, and fetched or decoded twice.
+// That was the cost of four readers of one device each reading 64 MiB
+// ahead into a 256 MiB cache: the frames that went were read again from
+// the disk cache and decrypted again, and four readers read at half the
+// speed of one. Past the cap a stream issues no more until readers catch
+// up; streams share the cap as they come, and one that has not been read
+// for raIdle no longer holds any of it.
 
 const (
 	raSlots      = 64      // table slots, chosen by inode
@@ -50,19 +60,55 @@ const (
 	raFirst      = 4 << 20 // first window: reached only after readAheadMin in a row
 	raStep       = maxRunBytes
 	raSlack      = 1 << 20 // how far off a stream's end a read may start and continue it
+	raIdle       = 2 * time.Second
 )
+
+// ReadAheadCap is how many bytes may be read ahead of all readers at once
+// (see Memory above), for a memory cache of cacheBytes and a window of at
+// most window bytes per stream; zero if read-ahead is off.
+func ReadAheadCap(cacheBytes, window int64) int64 {
+	switch {
+	case window <= 0:
+		return 0
+	case cacheBytes <= 0:
+		// No memory cache: read-ahead lands in the disk cache alone.
+		return 2 * window
+	}
+	return max(cacheBytes/cache.ScanShare, raFirst)
+}
 
 type readAhead struct {
 	max      uint64       // window cap; 0 disables read-ahead
+	aheadCap int64        // ReadAheadCap
 	inflight atomic.Int64 // bytes of read-ahead being fetched
 	issued   atomic.Int64 // bytes of read-ahead issued, ever
-	maxTotal int64
 	slots    [raSlots]raSlot
 }
 
 type raSlot struct {
 	mu      sync.Mutex
 	streams [raWays]raStream
+	// Each way's bytes read ahead of its reader, and when it was last
+	// read (unix ns), published for aheadNow, which sums them over every
+	// slot without taking their locks.
+	ahead [raWays]atomic.Int64
+	used  [raWays]atomic.Int64
+}
+
+// aheadNow is the bytes read ahead of the streams that have read ahead
+// and were read in the last raIdle, and how many there are, leaving out
+// way skip of slot skipSlot.
+func (ra *readAhead) aheadNow(now int64, skipSlot *raSlot, skip int) (ahead int64, streams int) {
+	for i := range ra.slots {
+		sl := &ra.slots[i]
+		for w := range sl.ahead {
+			if (sl != skipSlot || w != skip) && now-sl.used[w].Load() < int64(raIdle) {
+				ahead += sl.ahead[w].Load()
+				streams++
+			}
+		}
+	}
+	return ahead, streams
 }
 
 type raStream struct {
@@ -82,18 +128,18 @@ type raStream struct {
 // Why: a random reader of a device starts a new stream with every read, and
 // those must not push out a sequential reader of the same device (a scrub
 // next to a database) whose read-ahead is running. Caller holds sl.mu.
-func (sl *raSlot) victim() *raStream {
-	var lru, lruIdle *raStream
+func (sl *raSlot) victim() int {
+	lru, lruIdle := -1, -1
 	for i := range sl.streams {
 		s := &sl.streams[i]
-		if lru == nil || s.used.Before(lru.used) {
-			lru = s
+		if lru < 0 || s.used.Before(sl.streams[lru].used) {
+			lru = i
 		}
-		if !s.started && (lruIdle == nil || s.used.Before(lruIdle.used)) {
-			lruIdle = s
+		if !s.started && (lruIdle < 0 || s.used.Before(sl.streams[lruIdle].used)) {
+			lruIdle = i
 		}
 	}
-	if lruIdle != nil {
+	if lruIdle >= 0 {
 		return lruIdle
 	}
 	return lru
@@ -118,7 +164,7 @@ func (ra *readAhead) observe(parent context.Context, ino, off, n, size uint64, t
 	defer sl.mu.Unlock()
 	now := time.Now()
 	end := off + n
-	var st *raStream
+	way := -1
 	for i := range sl.streams {
 		s := &sl.streams[i]
 		if s.ino != ino || s.next == 0 {
@@ -130,19 +176,29 @@ func (ra *readAhead) observe(parent context.Context, ino, off, n, size uint64, t
 		// over several connections).
 		back, fwd := max(s.window, 16*n, raSlack), max(16*n, raSlack)
 		if off+back >= s.next && off <= s.next+fwd {
-			st = s
+			way = i
 			break
 		}
 	}
-	if st == nil {
-		st = sl.victim()
+	if way < 0 {
+		way = sl.victim()
+		st := &sl.streams[way]
 		if st.cancel != nil {
 			st.cancel()
 		}
 		*st = raStream{ino: ino, used: now, next: end, seq: n}
+		sl.ahead[way].Store(0)
+		sl.used[way].Store(0)
 		return false, todo
 	}
+	st := &sl.streams[way]
 	st.used = now
+	defer func() {
+		if st.started {
+			sl.ahead[way].Store(int64(st.issued - min(st.issued, st.next)))
+			sl.used[way].Store(now.UnixNano())
+		}
+	}()
 	if end > st.next {
 		st.seq += min(end-st.next, n) // a jump forward is not bytes read
 		st.next = end
@@ -166,14 +222,25 @@ func (ra *readAhead) observe(parent context.Context, ino, off, n, size uint64, t
 	if st.issued+step > st.next+st.window && st.issued < size {
 		return true, todo
 	}
+	// The cap is shared: this stream may hold what the others leave, but
+	// no more than its share once there are several, so that the first
+	// streams do not starve later ones. Steps shrink to half a share, so
+	// that a stream keeps reads in flight while its reader catches up.
+	others, streams := ra.aheadNow(now.UnixNano(), sl, way)
+	share := ra.aheadCap / int64(streams+1)
+	room := min(ra.aheadCap-others, share) - int64(st.issued-st.next)
 	st.window = min(2*st.window, ra.max) // the reader keeps up: reach further
-	step = min(raStep, st.window/2)
+	step = min(raStep, st.window/2, uint64(max(share/2, 1<<20)))
 	target := min(st.next+st.window, size)
-	for st.issued < target && ra.inflight.Load() < ra.maxTotal {
+	for st.issued < target {
 		if st.issued+step > target && target < size {
 			break // only whole steps, but the file's end
 		}
 		hi := min(st.issued+step, target)
+		if int64(hi-st.issued) > room {
+			break
+		}
+		room -= int64(hi - st.issued)
 		ra.inflight.Add(int64(hi - st.issued))
 		ra.issued.Add(int64(hi - st.issued))
 		todo = append(todo, raRange{ctx: st.ctx, ino: ino, lo: st.issued, hi: hi})

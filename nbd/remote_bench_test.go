@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,14 +35,21 @@ import (
 //   - cold 1 MiB sequential read QD8 (fresh cache, restarted server) and a
 //     cold full-device read by 4 readers at once (a resilver), each against
 //     the warm re-read of the same data;
-//   - cold 4 KiB random read QD32, against the latency bound 32 / latency;
+//   - cold 4 KiB random read QD32, against the latency bound 32 / latency
+//     and against bare GETs (the S3 server's ceiling on this machine), and
+//     again with the store 100 ms away, where the ceiling is out of reach;
 //   - 4 KiB write + FLUSH at QD1, against a bare 4 KiB PUT through the proxy;
 //   - requests per GiB, counted by the proxy.
+//
+// Each row also says how many cores the machine was busy: where the S3
+// server, the proxy, fio and zerofs share two cores, that tells a figure
+// bound by the store's latency from one bound by the machine.
 //
 // Run it with bench/remote.sh. ZEROFS_BENCH_SIZE sets the export in MiB
 // (default 256), ZEROFS_BENCH_LATENCY_MS and ZEROFS_BENCH_RATE_MBPS the
 // proxy (default 20 and 100), ZEROFS_BENCH_RUNTIME the seconds of the timed
-// workloads (default 10). Settings are `zerofs run`'s defaults.
+// workloads (default 10), ZEROFS_BENCH_READ_AHEAD_MB `[cache] read_ahead_mb`
+// (default 128). Other settings are `zerofs run`'s defaults.
 func BenchmarkNBDRemoteStore(b *testing.B) {
 	fio := requireTool(b, "fio")
 	sizeMiB := envInt(b, "ZEROFS_BENCH_SIZE", 256)
@@ -48,7 +57,7 @@ func BenchmarkNBDRemoteStore(b *testing.B) {
 	latency := time.Duration(envInt(b, "ZEROFS_BENCH_LATENCY_MS", 20)) * time.Millisecond
 	rate := int64(envInt(b, "ZEROFS_BENCH_RATE_MBPS", 100)) * 1000 * 1000
 	runtime := envInt(b, "ZEROFS_BENCH_RUNTIME", 10)
-	readAhead := int64(envInt(b, "ZEROFS_BENCH_READ_AHEAD_MB", 64)) << 20
+	readAhead := int64(envInt(b, "ZEROFS_BENCH_READ_AHEAD_MB", 128)) << 20
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
@@ -91,11 +100,14 @@ func BenchmarkNBDRemoteStore(b *testing.B) {
 	fioRun := func(uri string, args ...string) fioStats {
 		all := append([]string{"--name=bench", "--ioengine=nbd", "--uri=" + uri, "--output-format=json",
 			"--randrepeat=0", "--group_reporting"}, args...)
+		cpu0, start := machineCPU(), time.Now()
 		out, stderr, err := runToolErr(30*time.Minute, fio, all...)
 		if err != nil {
 			b.Fatalf("fio %s: %v\n%s\n%s", strings.Join(all, " "), err, out, stderr)
 		}
-		return parseFioStats(b, out)
+		st := parseFioStats(b, out)
+		st.cpu = machineCPU().busySince(cpu0, time.Since(start))
+		return st
 	}
 	sizeArg := fmt.Sprintf("--size=%d", size)
 	timed := []string{"--time_based=1", fmt.Sprintf("--runtime=%d", runtime)}
@@ -105,9 +117,13 @@ func BenchmarkNBDRemoteStore(b *testing.B) {
 	fourReaders := []string{"--rw=read", "--bs=1M", "--iodepth=8", "--numjobs=4", "--size=" + quarter, "--offset_increment=" + quarter}
 	// Each random read in a frame of its own (offsets 64 KiB apart, none
 	// twice), so that every read is cold: a time-based run would soon be
-	// reading frames earlier reads brought in.
-	randRead := []string{"--rw=randread", "--bs=4k", "--blockalign=64k", "--iodepth=32",
-		fmt.Sprintf("--number_ios=%d", min(size/(64<<10)/2, 4096)), sizeArg}
+	// reading frames earlier reads brought in. The first half of the export
+	// is read at the proxy's latency, the second at 100 ms.
+	randRead := func(half uint64, ios uint64) []string {
+		return []string{"--rw=randread", "--bs=4k", "--blockalign=64k", "--iodepth=32",
+			fmt.Sprintf("--number_ios=%d", ios), fmt.Sprintf("--offset=%d", half*size/2), fmt.Sprintf("--size=%d", size/2)}
+	}
+	frames := size / (64 << 10)
 	flushQD1 := append([]string{"--rw=randwrite", "--bs=4k", "--iodepth=1", "--fsync=1", sizeArg}, timed...)
 
 	// Baseline: the same sequential write on a file:// store.
@@ -135,12 +151,19 @@ func BenchmarkNBDRemoteStore(b *testing.B) {
 	srv.stop()
 
 	srv = open(remote, b.TempDir(), false)
+	px.Reset()
 	cold4 := fioRun(srv.uri, fourReaders...)
+	read4Counts := px.Counts()
 	warm4 := fioRun(srv.uri, fourReaders...)
 	srv.stop()
 
 	srv = open(remote, b.TempDir(), false)
-	random := fioRun(srv.uri, randRead...)
+	random := fioRun(srv.uri, randRead(0, min(frames/2, 4096))...)
+	// The same on a store 100 ms away, where the S3 server's CPU is not
+	// the bound (see docs/benchmarks.md).
+	px.SetLatency(100*time.Millisecond, 0)
+	random100 := fioRun(srv.uri, randRead(1, min(frames/2, 1024))...)
+	px.SetLatency(latency, 0)
 	px.Reset()
 	flush := fioRun(srv.uri, flushQD1...)
 	srv.stop()
@@ -150,23 +173,26 @@ func BenchmarkNBDRemoteStore(b *testing.B) {
 	bound := 32 / latency.Seconds()
 	flushP50 := flush.writeP50 + flush.syncP50
 	var rows []string
-	row := func(what string, got, base float64, unit, baseWhat string) {
-		rows = append(rows, fmt.Sprintf("| %s | %.1f %s | %.1f %s (%s) | %.2fx |", what, got, unit, base, unit, baseWhat, got/base))
+	row := func(what string, got, base fioStats, gotV, baseV float64, unit, baseWhat string) {
+		rows = append(rows, fmt.Sprintf("| %s | %.1f %s | %.1f %s (%s) | %.2fx | %.1f / %.1f |",
+			what, gotV, unit, baseV, unit, baseWhat, gotV/baseV, got.cpu, base.cpu))
 	}
-	row("1 MiB seq write QD8 + final FLUSH", write.mibps, localWrite.mibps, "MiB/s", "file:// store")
-	row("cold 1 MiB seq read QD8", cold.mibps, warm.mibps, "MiB/s", "warm re-read")
-	row("cold 1 MiB seq read QD8", cold.mibps, bareSeq.mibps, "MiB/s", "bare 8 MiB GETs, 4 at a time")
-	row("cold full-device read, 4 readers", cold4.mibps, warm4.mibps, "MiB/s", "warm re-read")
-	row("cold 4 KiB random read QD32, a frame each", random.iops, bound, "IOPS", "32 / latency")
-	row("cold 4 KiB random read QD32, a frame each", random.iops, bareRandom.iops, "IOPS", "bare 64 KiB GETs, 32 at a time")
-	row("4 KiB write + FLUSH QD1, median", ms(flushP50), ms(barePut), "ms", "bare 4 KiB PUT")
+	none := fioStats{cpu: math.NaN()}
+	row("1 MiB seq write QD8 + final FLUSH", write, localWrite, write.mibps, localWrite.mibps, "MiB/s", "file:// store")
+	row("cold 1 MiB seq read QD8", cold, warm, cold.mibps, warm.mibps, "MiB/s", "warm re-read")
+	row("cold 1 MiB seq read QD8", cold, bareSeq, cold.mibps, bareSeq.mibps, "MiB/s", "bare 8 MiB GETs, 4 at a time")
+	row("cold full-device read, 4 readers", cold4, warm4, cold4.mibps, warm4.mibps, "MiB/s", "warm re-read")
+	row("cold 4 KiB random read QD32, a frame each", random, none, random.iops, bound, "IOPS", "32 / latency")
+	row("cold 4 KiB random read QD32, a frame each", random, bareRandom, random.iops, bareRandom.iops, "IOPS", "bare 64 KiB GETs, 32 at a time")
+	row("cold 4 KiB random read QD32, store 100 ms away", random100, none, random100.iops, 32/0.1, "IOPS", "32 / 100 ms")
+	row("4 KiB write + FLUSH QD1, median", flush, none, ms(flushP50), ms(barePut), "ms", "bare 4 KiB PUT")
 	fmt.Printf("\nNBD, fio nbd engine, %d MiB export, read-ahead %d MiB, store: %s + s3proxy (%s to first byte, %d MB/s per request)\n\n",
 		sizeMiB, readAhead>>20, s3ServerName(), latency, rate/1000/1000)
-	fmt.Println("| workload | zerofs | baseline, same run | ratio |")
-	fmt.Println("|---|---|---|---|")
+	fmt.Println("| workload | zerofs | baseline, same run | ratio | CPU busy, cores (zerofs / baseline) |")
+	fmt.Println("|---|---|---|---|---|")
 	fmt.Println(strings.Join(rows, "\n"))
-	fmt.Printf("\nrequests per GiB: sequential write %s; cold sequential read %s\n",
-		perGiB(writeCounts, gib), perGiB(readCounts, gib))
+	fmt.Printf("\nrequests per GiB: sequential write %s; cold sequential read %s; 4 readers %s (%.2f GiB downloaded per GiB read)\n",
+		perGiB(writeCounts, gib), perGiB(readCounts, gib), perGiB(read4Counts, gib), float64(read4Counts.BytesOut)/float64(size))
 	fmt.Printf("4 KiB write + FLUSH: %.0f flushes, %s\n\n", flush.syncs, countsString(px.Counts()))
 }
 
@@ -179,7 +205,7 @@ func bareGets(b *testing.B, st store.Store, size int64, conc int) fioStats {
 		b.Fatal(err)
 	}
 	var n atomic.Int64
-	start := time.Now()
+	cpu0, start := machineCPU(), time.Now()
 	var wg sync.WaitGroup
 	for range conc {
 		wg.Add(1)
@@ -195,8 +221,10 @@ func bareGets(b *testing.B, st store.Store, size int64, conc int) fioStats {
 		}()
 	}
 	wg.Wait()
-	secs := time.Since(start).Seconds()
-	return fioStats{iops: float64(n.Load()) / secs, mibps: float64(n.Load()*size) / (1 << 20) / secs}
+	elapsed := time.Since(start)
+	secs := elapsed.Seconds()
+	return fioStats{iops: float64(n.Load()) / secs, mibps: float64(n.Load()*size) / (1 << 20) / secs,
+		cpu: machineCPU().busySince(cpu0, elapsed)}
 }
 
 // benchServer is zerofs's NBD server on a filesystem with `zerofs run`'s
@@ -211,7 +239,7 @@ func startBenchServer(b *testing.B, st store.Store, dir string, log *slog.Logger
 	ctx := context.Background()
 	f, err := fs.Open(ctx, fs.Options{
 		Main: st, Dir: dir, Password: "bench",
-		CacheBytes: 256 << 20, DiskCacheBytes: 1 << 30, ReadAheadBytes: readAhead, Logger: log,
+		CacheBytes: 512 << 20, DiskCacheBytes: 1 << 30, ReadAheadBytes: readAhead, Logger: log,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -239,6 +267,7 @@ func startBenchServer(b *testing.B, st store.Store, dir string, log *slog.Logger
 // jobs (--group_reporting makes that one).
 type fioStats struct {
 	iops, mibps       float64
+	cpu               float64 // cores the whole machine was busy, on average (machineCPU)
 	writeP50, syncP50 time.Duration
 	syncs             float64
 }
@@ -311,4 +340,33 @@ func s3ServerName() string {
 		return v
 	}
 	return "versitygw"
+}
+
+// cpuTimes is the machine's CPU time, busy and in all, from /proc/stat: on
+// a machine where the S3 server, the proxy, fio and zerofs share a few
+// cores, how busy they were says whether a figure is bound by the store's
+// latency or by the machine.
+type cpuTimes struct{ busy, total float64 }
+
+func machineCPU() cpuTimes {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTimes{math.NaN(), math.NaN()}
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	var t cpuTimes
+	for i, f := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseFloat(f, 64)
+		t.total += v
+		if i != 3 && i != 4 { // idle, iowait
+			t.busy += v
+		}
+	}
+	return t
+}
+
+// busySince is how many cores were busy on average since from, over
+// elapsed. /proc/stat counts in USER_HZ ticks, 100 a second on Linux.
+func (t cpuTimes) busySince(from cpuTimes, elapsed time.Duration) float64 {
+	return (t.busy - from.busy) / 100 / elapsed.Seconds()
 }

@@ -39,7 +39,7 @@ func TestAbandonedConnectionsDuringOutage(t *testing.T) {
 		"max_dirty_mb = 256", "max_dirty_mb = 16",
 		"batch_size_mb = 16", "batch_size_mb = 4",
 		"max_request_mb = 128", "max_request_mb = 16",
-		"memory_size_gb = 0.25", "memory_size_gb = 0.03125",
+		"memory_size_gb = 0.5", "memory_size_gb = 0.03125",
 		// Connections stalled this long are reset: the clients below
 		// vanish with writes still unsent, whose FIN the server cannot see.
 		`max_read_wait = "2m"`, `max_read_wait = "3s"`,

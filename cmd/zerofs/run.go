@@ -137,8 +137,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	// linger as garbage (docs/operations.md, "Memory"). GOMEMLIMIT, if
 	// set, wins.
 	if os.Getenv("GOMEMLIMIT") == "" {
+		memBytes := int64(cfg.Cache.MemorySizeGB * (1 << 30))
 		limit := int64(cfg.WAL.MaxDirtyMB)<<20 + int64(cfg.WAL.MaxRequestMB)<<20 +
-			int64(cfg.Cache.MemorySizeGB*(1<<30)) + 2*int64(cfg.Cache.ReadAheadMB)<<20 + memoryOverhead
+			memBytes + fs.ReadAheadCap(memBytes, readAheadBytes(cfg.Cache.ReadAheadMB)) + memoryOverhead
 		debug.SetMemoryLimit(limit)
 		log.Info("memory limit set from the budgets", "bytes", limit)
 	}

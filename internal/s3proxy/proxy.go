@@ -183,8 +183,9 @@ func Start(target string, o Options) (*Proxy, error) {
 			pr.SetURL(u)
 			pr.Out.Host = pr.In.Host // the request is signed for the proxy's host
 		},
-		Transport: tr,
-		ErrorLog:  errorLog,
+		Transport:  tr,
+		ErrorLog:   errorLog,
+		BufferPool: copyBuffers{}, // ReverseProxy's own are 32 KiB: a chunk could be no larger
 	}
 	p.srv = &http.Server{Handler: http.HandlerFunc(p.serve), ErrorLog: errorLog}
 	go func() {
@@ -480,3 +481,12 @@ func (p *Proxy) serveControl(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "s3proxy: GET "+controlPrefix+"counts or POST "+controlPrefix+"reset", http.StatusNotFound)
 	}
 }
+
+// copyBuffers are the buffers ReverseProxy copies bodies through, a
+// largest chunk each (see pace.go).
+type copyBuffers struct{}
+
+var copyBufferPool = sync.Pool{New: func() any { return make([]byte, maxChunk) }}
+
+func (copyBuffers) Get() []byte  { return copyBufferPool.Get().([]byte) }
+func (copyBuffers) Put(b []byte) { copyBufferPool.Put(b) } //nolint:staticcheck // a slice header per Put is fine here

@@ -22,7 +22,7 @@ func StartVersityGW(t testing.TB) (endpoint, accessKey, secretKey string) {
 	dir := t.TempDir()
 	endpoint = startRetrying(t, "versitygw", 1, func(ports []int) serverSpec {
 		addr := "127.0.0.1:" + strconv.Itoa(ports[0])
-		cmd := exec.Command(bin, "--port", addr, "posix", dir)
+		cmd := exec.Command(bin, "--quiet", "--port", addr, "posix", dir)
 		cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+AccessKey, "ROOT_SECRET_KEY="+SecretKey)
 		// Any answer, even a 403 to an unsigned request, means it serves.
 		return serverSpec{cmd: cmd, endpoint: "http://" + addr, ready: "http://" + addr, within: 15 * time.Second}
