@@ -8,6 +8,7 @@
 //	POST   /v1/exports             {"name":..., "size":...}  create
 //	PUT    /v1/exports/{name}      {"size":...}              resize
 //	DELETE /v1/exports/{name}                                delete
+//	POST   /v1/exports/{name}/clear                          end an interruption (fs/marks.go)
 //	GET    /metrics                Prometheus text format (when a handler is given)
 package admin
 
@@ -33,6 +34,7 @@ func Handler(f *fs.FS, metrics http.Handler, log *slog.Logger) http.Handler {
 	mux.HandleFunc("POST /v1/exports", h.createExport)
 	mux.HandleFunc("PUT /v1/exports/{name}", h.resizeExport)
 	mux.HandleFunc("DELETE /v1/exports/{name}", h.deleteExport)
+	mux.HandleFunc("POST /v1/exports/{name}/clear", h.clearExport)
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}
@@ -48,6 +50,9 @@ type handler struct {
 type Export struct {
 	Name string `json:"name"`
 	Size uint64 `json:"size"`
+	// Interrupted: the export may have lost acknowledged writes when the
+	// last run ended, and its I/O fails until it is cleared.
+	Interrupted bool `json:"interrupted,omitempty"`
 }
 
 type apiError struct {
@@ -87,7 +92,7 @@ func (h *handler) listExports(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]Export, 0, len(list))
 	for _, e := range list {
-		out = append(out, Export{Name: e.Name, Size: e.Size})
+		out = append(out, Export{Name: e.Name, Size: e.Size, Interrupted: e.Interrupted})
 	}
 	h.reply(w, http.StatusOK, out)
 }
@@ -127,6 +132,16 @@ func (h *handler) resizeExport(w http.ResponseWriter, r *http.Request) {
 	}
 	h.log.Info("resized NBD device", "name", e.Name, "size", e.Size)
 	h.reply(w, http.StatusOK, e)
+}
+
+func (h *handler) clearExport(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := nbd.ClearExport(r.Context(), h.f, name); err != nil {
+		h.fail(w, err)
+		return
+	}
+	h.log.Info("cleared NBD device's interruption", "name", name)
+	h.reply(w, http.StatusOK, Export{Name: name})
 }
 
 func (h *handler) deleteExport(w http.ResponseWriter, r *http.Request) {
@@ -204,4 +219,9 @@ func (c *Client) ResizeExport(ctx context.Context, name string, size uint64) err
 
 func (c *Client) DeleteExport(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/exports/"+pathEscape(name), nil, nil)
+}
+
+// ClearExport ends export name's interruption (POST /v1/exports/{name}/clear).
+func (c *Client) ClearExport(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/v1/exports/"+pathEscape(name)+"/clear", nil, nil)
 }

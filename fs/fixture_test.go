@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"zerofs/store"
@@ -45,6 +46,19 @@ func TestReadsOldFormats(t *testing.T) {
 				f := mustOpen(t, testOptions(t, st, state))
 				defer f.Close()
 				checkFixtureTree(t, f)
+				// Fixtures from before unflushed-write marks have none:
+				// nothing is interrupted. Later ones mark "after".
+				var want []uint64
+				if _, err := os.Stat(filepath.Join(dir, "store", markPrefix)); err == nil {
+					after, err := f.Lookup(context.Background(), Root, RootIno, "after")
+					if err != nil {
+						t.Fatal(err)
+					}
+					want = []uint64{after.Ino}
+				}
+				if got := f.InterruptedFiles(); !slices.Equal(got, want) {
+					t.Errorf("interrupted files %v, want %v", got, want)
+				}
 			})
 		}
 	}

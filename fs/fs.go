@@ -237,6 +237,8 @@ type FS struct {
 	// in the background (fetch.go, cacheOnDisk).
 	diskWriters chan struct{}
 
+	marks marks // unflushed-write marks (marks.go)
+
 	ckptMu    sync.Mutex // one checkpoint at a time
 	gcMu      sync.Mutex // one GC pass at a time
 	lastSweep time.Time  // of orphan segments; guarded by gcMu
@@ -315,6 +317,9 @@ func Open(ctx context.Context, opts Options) (*FS, error) {
 	f.raCtx = sched.WithClass(f.bgCtx, sched.ReadAhead)
 	f.workCtx = sched.WithClass(f.bgCtx, sched.Background)
 	err = f.recover(ctx)
+	if err == nil {
+		err = f.loadMarks(ctx)
+	}
 	if err == nil && opts.DiskCacheBytes > 0 {
 		// One slot holds one encoded frame of a whole chunk.
 		slot := (int(f.chunkSize) + frame.Overhead + cache.DiskHeaderSize + 4095) &^ 4095
@@ -336,12 +341,13 @@ func Open(ctx context.Context, opts Options) (*FS, error) {
 	}
 	f.batchNum = 1
 	f.open = newBatch(f.batchNum)
-	f.bg.Add(5)
+	f.bg.Add(6)
 	go f.sealer()
 	go f.completer()
 	go f.applier()
 	go f.ticker()
 	go f.maintainer()
+	go f.marker()
 	if err := f.ensureRoot(ctx); err != nil {
 		f.Close()
 		return nil, err
@@ -461,6 +467,8 @@ func (f *FS) Close() error {
 		if cerr := f.checkpoint(ctx); cerr != nil {
 			f.log.Warn("checkpoint at close failed; the next start replays the WAL instead", "err", cerr)
 		}
+		// Nothing is unflushed: this run's marks go (marks.go).
+		f.clearAllMarks(ctx)
 	}
 	f.shutdown()
 	return err

@@ -37,8 +37,11 @@ type Status struct {
 	// StoreErrors: failed data reads plus failed (retried) WAL appends.
 	StoreErrors   int64 `json:"store_errors"`
 	CorruptFrames int64 `json:"corrupt_frames"`
-	GCDeleted     int64 `json:"gc_deleted"`
-	GCPacked      int64 `json:"gc_packed"`
+	// Interrupted lists the files (inodes) that may have lost acknowledged
+	// writes when the last run ended, until cleared (marks.go).
+	Interrupted []uint64 `json:"interrupted,omitempty"`
+	GCDeleted   int64    `json:"gc_deleted"`
+	GCPacked    int64    `json:"gc_packed"`
 
 	// What the object store costs: the requests made since start, by store
 	// and operation, against the file data clients read and wrote and the
@@ -68,6 +71,7 @@ func (f *FS) Status() Status {
 		WALLastSeq: last, CheckpointSeq: base, ChunkSize: int(f.chunkSize),
 		FlushRecords: f.stats.FlushRecords.Load(), StoreGets: f.stats.StoreGets.Load(),
 		StoreGetBytes: f.stats.StoreGetBytes.Load(), CorruptFrames: f.stats.CorruptFrames.Load(),
+		Interrupted: f.InterruptedFiles(),
 		StoreErrors: f.stats.StoreErrors.Load() + f.wal.Retries(),
 		GCDeleted:   f.stats.GCDeleted.Load(), GCPacked: f.stats.GCPacked.Load(),
 	}

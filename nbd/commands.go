@@ -14,20 +14,26 @@ import (
 func (c *conn) exec(j *job) error {
 	r := j.req
 	var rerr *reqError
-	switch r.typ {
-	case cmdRead:
+	switch {
+	case c.s.f.Interrupted(c.exp.ino):
+		// The last run ended with writes to this export acknowledged and
+		// perhaps lost (fs/marks.go). Every request fails, FLUSH above all,
+		// until the operator clears it: a client that went on would build
+		// on writes that are gone.
+		rerr = newReqError(errIO, "export %q is interrupted: it may have lost acknowledged writes in a crash; clear it with `zerofs nbd clear %s` once its user knows", c.exp.name, c.exp.name)
+	case r.typ == cmdRead:
 		rerr = c.read(r)
-	case cmdWrite:
+	case r.typ == cmdWrite:
 		rerr = c.write(r, j.payload)
-	case cmdFlush:
+	case r.typ == cmdFlush:
 		rerr = c.flush(r)
-	case cmdTrim:
+	case r.typ == cmdTrim:
 		rerr = c.trim(r)
-	case cmdWriteZeroes:
+	case r.typ == cmdWriteZeroes:
 		rerr = c.writeZeroes(r)
-	case cmdCache:
+	case r.typ == cmdCache:
 		rerr = c.cache(r)
-	case cmdBlockStatus:
+	case r.typ == cmdBlockStatus:
 		rerr = c.blockStatus(r)
 	default:
 		// checkRequest refuses unknown commands; defence in depth.
@@ -54,7 +60,28 @@ func (c *conn) fua(r request) *reqError {
 	return nil
 }
 
+// markUnflushed makes sure the export is marked as holding unflushed
+// writes (fs/marks.go) before a change is acknowledged without a flush; the
+// returned func must be called once the change is made. A FUA request is
+// durable before its reply and needs no mark.
+func (c *conn) markUnflushed(r request) (func(), *reqError) {
+	if r.flags&cmdFlagFUA != 0 || r.length == 0 {
+		return func() {}, nil
+	}
+	done, err := c.s.f.MarkUnflushed(c.ctx, c.exp.ino)
+	if err != nil {
+		return nil, fsError(r.typ, err, "%s [%d, +%d): mark the export as holding unflushed writes", cmdName(r.typ), r.off, r.length)
+	}
+	return done, nil
+}
+
 func (c *conn) write(r request, payload []byte) *reqError {
+	done, rerr := c.markUnflushed(r)
+	if rerr != nil {
+		c.freePayload(payload)
+		return rerr
+	}
+	defer done()
 	if r.length > 0 {
 		// One fs.Write per request: the filesystem puts one call in one
 		// batch, so a crash never tears a request.
@@ -84,6 +111,11 @@ func (c *conn) flush(r request) *reqError {
 }
 
 func (c *conn) trim(r request) *reqError {
+	done, rerr := c.markUnflushed(r)
+	if rerr != nil {
+		return rerr
+	}
+	defer done()
 	if r.length > 0 {
 		if err := c.s.f.Punch(c.ctx, fs.Root, c.exp.ino, r.off, uint64(r.length)); err != nil {
 			return fsError(cmdTrim, err, "trim [%d, +%d)", r.off, r.length)
@@ -105,6 +137,11 @@ var zeros = sync.OnceValue(func() []byte { return make([]byte, maxPayload) })
 // zeros, in pieces of at most 32 MiB. Each piece is atomic; a crash during a
 // longer NO_HOLE request may leave a prefix of the pieces zeroed.
 func (c *conn) writeZeroes(r request) *reqError {
+	done, rerr := c.markUnflushed(r)
+	if rerr != nil {
+		return rerr
+	}
+	defer done()
 	if r.flags&cmdFlagNoHole != 0 {
 		z := zeros()
 		for done := uint64(0); done < uint64(r.length); {

@@ -47,6 +47,9 @@ type ExportInfo struct {
 	Name     string
 	Size     uint64
 	ReadOnly bool // the file has no owner write bit
+	// Interrupted: the export may have lost acknowledged writes when the
+	// last run ended; its I/O fails until ClearExport (fs/marks.go).
+	Interrupted bool
 }
 
 // ValidateExportName checks that name can name an export: NBD export names
@@ -140,7 +143,7 @@ func ListExports(ctx context.Context, f *fs.FS) ([]ExportInfo, error) {
 			if err != nil {
 				return nil, fmt.Errorf("list exports: %q: %w", e.Name, err)
 			}
-			out = append(out, ExportInfo{Name: e.Name, Size: n.Size, ReadOnly: n.Mode&0o200 == 0})
+			out = append(out, ExportInfo{Name: e.Name, Size: n.Size, ReadOnly: n.Mode&0o200 == 0, Interrupted: f.Interrupted(e.Ino)})
 		}
 		if eof || len(ents) == 0 {
 			break
@@ -243,10 +246,15 @@ func DeleteExport(ctx context.Context, f *fs.FS, name string) error {
 	if err != nil {
 		return fmt.Errorf("delete export %q: look up /%s: %w", name, ExportDir, err)
 	}
-	if _, err := lookupExportFile(ctx, f, name); err != nil {
+	n, err := lookupExportFile(ctx, f, name)
+	if err != nil {
 		return fmt.Errorf("delete export: %w", err)
 	}
 	if _, err := f.Remove(ctx, fs.Root, dir.Ino, name); err != nil {
+		return fmt.Errorf("delete export %q: %w", name, err)
+	}
+	// A deleted export's interruption has nothing left to protect.
+	if err := f.ClearInterrupted(ctx, n.Ino); err != nil {
 		return fmt.Errorf("delete export %q: %w", name, err)
 	}
 	if err := f.Flush(ctx); err != nil {
@@ -301,3 +309,21 @@ func (e fsExports) lookup(ctx context.Context, name string) (export, error) {
 }
 
 func (e fsExports) list(ctx context.Context) ([]ExportInfo, error) { return ListExports(ctx, e.f) }
+
+// ClearExport ends the interruption of export name (fs.FS.ClearInterrupted):
+// the operator has made its client deal with the writes it may have lost.
+// Its I/O works again at once, on connections already open too. Clearing
+// an export that is not interrupted does nothing.
+func ClearExport(ctx context.Context, f *fs.FS, name string) error {
+	if err := ValidateExportName(name); err != nil {
+		return err
+	}
+	n, err := lookupExportFile(ctx, f, name)
+	if err != nil {
+		return fmt.Errorf("clear export: %w", err)
+	}
+	if err := f.ClearInterrupted(ctx, n.Ino); err != nil {
+		return fmt.Errorf("clear export %q: %w", name, err)
+	}
+	return nil
+}

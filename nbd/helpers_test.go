@@ -84,17 +84,10 @@ func requireTool(t testing.TB, name string) string {
 	return p
 }
 
-// python is the interpreter with the libnbd module (python3-libnbd): the
-// system one, since another python3 earlier in PATH may lack it.
-const python = "/usr/bin/python3"
+// python is the interpreter with the libnbd module.
+const python = testutil.Python
 
-func requirePythonNBD(t testing.TB) {
-	t.Helper()
-	out, err := exec.Command(python, "-c", "import nbd").CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s cannot import nbd (python3-libnbd): run scripts/install-test-deps.sh (make test does): %v\n%s", python, err, out)
-	}
-}
+func requirePythonNBD(t testing.TB) { testutil.RequirePythonNBD(t) }
 
 // runTool runs a command with a timeout and returns its stdout; it fails the
 // test with stderr on error.

@@ -123,6 +123,18 @@ func cmdStatus(args []string) error {
 	fmt.Fprintf(w, "store reads\t%d requests, %d bytes\n", s.StoreGets, s.StoreGetBytes)
 	fmt.Fprintf(w, "store errors\t%d (failed reads and retried WAL appends)\n", s.StoreErrors)
 	fmt.Fprintf(w, "corrupt frames\t%d\n", s.CorruptFrames)
+	if len(s.Interrupted) > 0 {
+		var names []string
+		if list, err := cl.Exports(ctx); err == nil {
+			for _, e := range list {
+				if e.Interrupted {
+					names = append(names, e.Name)
+				}
+			}
+		}
+		fmt.Fprintf(w, "interrupted\t%d (%s): may have lost acknowledged writes when the last run ended; I/O fails until zerofs nbd clear NAME\n",
+			len(s.Interrupted), strings.Join(names, ", "))
+	}
 	fmt.Fprintf(w, "gc\t%d objects deleted, %d packed\n", s.GCDeleted, s.GCPacked)
 	up := time.Duration(s.UptimeSeconds * float64(time.Second)).Round(time.Second)
 	fmt.Fprintf(w, "client data\t%s read, %s written, %s read ahead (ranges issued), in %s\n",
@@ -168,7 +180,7 @@ func requestCost(ops map[string]int64, s fs.Status) string {
 }
 
 func cmdNBD(args []string) error {
-	fl := newFlags("nbd", "nbd create NAME --size SIZE | list | resize NAME --size SIZE | delete NAME  [-c FILE | --admin ADDR]")
+	fl := newFlags("nbd", "nbd create NAME --size SIZE | list | resize NAME --size SIZE | delete NAME | clear NAME  [-c FILE | --admin ADDR]")
 	cfgPath := fl.String("c", "", "configuration file (for the admin address)")
 	addr := fl.String("admin", "127.0.0.1:7311", "admin endpoint address, if no -c")
 	sizeArg := fl.String("size", "", "device size, e.g. 100G (binary units)")
@@ -178,7 +190,7 @@ func cmdNBD(args []string) error {
 	}
 	if len(pos) == 0 {
 		fl.Usage()
-		return errors.New("missing subcommand: create, list, resize or delete")
+		return errors.New("missing subcommand: create, list, resize, delete or clear")
 	}
 	cl, err := adminClient(*cfgPath, *addr)
 	if err != nil {
@@ -214,9 +226,13 @@ func cmdNBD(args []string) error {
 			return err
 		}
 		w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(w, "NAME\tSIZE\tBYTES")
+		fmt.Fprintln(w, "NAME\tSIZE\tBYTES\tSTATE")
 		for _, e := range list {
-			fmt.Fprintf(w, "%s\t%s\t%d\n", e.Name, humanSize(e.Size), e.Size)
+			state := "ok"
+			if e.Interrupted {
+				state = "interrupted (zerofs nbd clear " + e.Name + ")"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", e.Name, humanSize(e.Size), e.Size, state)
 		}
 		return w.Flush()
 	case "create":
@@ -257,8 +273,18 @@ func cmdNBD(args []string) error {
 		}
 		fmt.Printf("deleted %s\n", name)
 		return nil
+	case "clear":
+		name, err := needName()
+		if err != nil {
+			return err
+		}
+		if err := cl.ClearExport(ctx, name); err != nil {
+			return err
+		}
+		fmt.Printf("cleared %s: its I/O works again; it holds what was durable when the last run ended (docs/durability.md)\n", name)
+		return nil
 	}
-	return fmt.Errorf("unknown nbd subcommand %q: use create, list, resize or delete", pos[0])
+	return fmt.Errorf("unknown nbd subcommand %q: use create, list, resize, delete or clear", pos[0])
 }
 
 func humanSize(n uint64) string {

@@ -56,7 +56,11 @@ func TestAbandonedConnectionsDuringOutage(t *testing.T) {
 	for i := range 32 {
 		cmds = append(cmds, "-c", fmt.Sprintf("write -P %d %d 64k", i+1, i<<20))
 	}
-	qemuIO(t, uri, append(cmds, "-c", "flush")...)
+	// Plain writes (writeback), not FUA ones: they give the device its
+	// unflushed-write mark (fs/marks.go) before the outage, as a device in
+	// use has one. A first plain write during the outage would wait for
+	// its mark, not for memory.
+	qemuIO(t, uri, append(append([]string{"-t", "writeback"}, cmds...), "-c", "flush")...)
 	before := vmHWM(t, s.proc.Pid())
 
 	// The outage: the file store can no longer create objects (every PUT
@@ -150,6 +154,11 @@ func TestAbandonedConnectionsDuringOutage(t *testing.T) {
 	s2.dir = s.dir
 	s2.nbd, s2.nfs, s2.admin = s.nbd, s.nfs, s.admin
 	s2.start(t, bin, cfgWithPorts(cfg, s))
+	// The abandoned clients' writes were acknowledged and never flushed:
+	// the device is interrupted (fs/marks.go) until cleared.
+	if out, err := run(t, bin, "", "nbd", "clear", "dev", "--admin", s2.admin); err != nil || !strings.Contains(s2.log(), "NBD device interrupted") {
+		t.Fatalf("nbd clear: %v\n%s\nserver log:\n%s", err, out, s2.log())
+	}
 	uri = "nbd://" + s2.nbd + "/dev"
 	cmds = cmds[:0]
 	for i := range 32 {

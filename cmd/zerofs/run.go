@@ -128,6 +128,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	m.Watch(f)
+	logInterrupted(ctx, f, log)
 
 	// One request budget for both servers: it bounds what all their
 	// connections hold between reading a request and applying it.
@@ -268,4 +269,23 @@ func readAheadBytes(mb int) int64 {
 		return -1
 	}
 	return int64(mb) << 20
+}
+
+// logInterrupted names the NBD devices the last run left interrupted
+// (fs/marks.go) and says what to do.
+func logInterrupted(ctx context.Context, f *fs.FS, log *slog.Logger) {
+	if len(f.InterruptedFiles()) == 0 {
+		return
+	}
+	list, err := nbd.ListExports(ctx, f)
+	if err != nil {
+		log.Warn("listing NBD devices", "err", err)
+		return
+	}
+	for _, e := range list {
+		if e.Interrupted {
+			log.Error("NBD device interrupted: the last run ended without flushing writes it had acknowledged, which may be lost; "+
+				"every request on it fails with EIO until `zerofs nbd clear "+e.Name+"` (docs/operations.md, \"Interrupted devices\")", "device", e.Name)
+		}
+	}
 }
