@@ -23,10 +23,13 @@ import (
 //
 //	frames.cache  the slots: capacityBytes rounded down to whole slots, preallocated
 //	cache.meta    format version, slot size, slot and shard counts
+//	index.snap    the index as a clean Close left it (disk_index.go)
 //
-// The index (id → slot) lives in memory and is rebuilt at OpenDisk by reading
-// every slot's header (see scan in disk_open.go). Nothing is ever fsynced: a
-// slot torn by a crash fails its checksums and is simply empty.
+// The index (id → slot) lives in memory. OpenDisk loads it from index.snap
+// when the last Close saved it, else rebuilds it by reading every slot's
+// header (see scan in disk_open.go) in the background: until a shard is
+// scanned, its Gets miss and its Puts are dropped. Nothing is ever
+// fsynced: a slot torn by a crash fails its checksums and is simply empty.
 //
 // Eviction is CLOCK (second chance) per shard; see disk_clock.go. Each shard
 // owns a fixed run of slots and the ids that hash to it, so one shard may
@@ -62,9 +65,15 @@ type Disk struct {
 	offMisses     atomic.Uint64 // misses of a disabled or closed cache
 	errs          diskErrors
 
-	// Set once by OpenDisk.
-	scanTime    time.Duration
-	scanEntries int64
+	dir  string // where index.snap is saved at Close
+	meta []byte // cache.meta's content, which the saved index must match
+
+	// The index: loaded from index.snap, or rebuilt by a scan that runs in
+	// the background (disk_index.go). scanDone is closed when it is whole.
+	scanDone    chan struct{}
+	scanTime    atomic.Int64 // ns: to load or rebuild the index
+	scanEntries atomic.Int64
+	indexLoaded bool // from index.snap, not scanned
 }
 
 var _ Cache = (*Disk)(nil)
@@ -97,8 +106,9 @@ type DiskStats struct {
 	Bytes      int64 // payload bytes in live slots
 	Capacity   int64 // size of the data file: SlotsTotal * SlotSize
 
-	ScanTime    time.Duration // how long OpenDisk took to rebuild the index
-	ScanEntries int64         // entries the scan found
+	ScanTime    time.Duration // how long loading or rebuilding the index took (0 while a scan runs)
+	ScanEntries int64         // entries the saved index or the scan found
+	IndexLoaded bool          // the index came from index.snap, not a scan
 }
 
 // SlotSize is the size of the cache's slots (0 if disabled).
@@ -222,6 +232,11 @@ func (d *Disk) Put(id uint64, data []byte) {
 		d.noWritesUntil.CompareAndSwap(until, 0)
 	}
 	s.mu.Lock()
+	if !s.ready { // still being scanned
+		s.mu.Unlock()
+		s.dropped.Add(1)
+		return
+	}
 	if _, busy := s.pending[id]; busy {
 		s.mu.Unlock()
 		s.dropped.Add(1)
@@ -320,8 +335,9 @@ func (d *Disk) Stats() DiskStats {
 		Corrupt:     d.errs.count[errCorrupt].Load(),
 		ReadErrors:  d.errs.count[errRead].Load(),
 		WriteErrors: d.errs.count[errWrite].Load(),
-		ScanTime:    d.scanTime,
-		ScanEntries: d.scanEntries,
+		ScanTime:    time.Duration(d.scanTime.Load()),
+		ScanEntries: d.scanEntries.Load(),
+		IndexLoaded: d.indexLoaded,
 	}
 	if d.f == nil {
 		return st
@@ -343,12 +359,26 @@ func (d *Disk) Stats() DiskStats {
 	return st
 }
 
-// Close closes the data file (releasing its lock). Afterwards Get misses and
-// Put and Delete do nothing; operations in flight at Close finish harmlessly.
+// Close saves the index (index.snap, so the next OpenDisk need not scan)
+// and closes the data file (releasing its lock). A scan still running is
+// stopped, and then nothing is saved. Afterwards Get misses and Put and
+// Delete do nothing; operations in flight at Close finish harmlessly.
 // Closing twice, or closing a disabled cache, returns nil.
 func (d *Disk) Close() error {
 	if d.f == nil || !d.closed.CompareAndSwap(false, true) {
 		return nil
 	}
+	<-d.scanDone
+	if err := d.saveIndex(d.dir, d.meta); err != nil {
+		d.log.Warn("disk cache: index not saved; the next start scans the cache", "dir", d.dir, "err", err)
+	}
 	return d.f.Close()
+}
+
+// WaitScan waits until the index is whole: loaded, or rebuilt by the scan
+// (or the scan stopped by Close).
+func (d *Disk) WaitScan() {
+	if d.scanDone != nil {
+		<-d.scanDone
+	}
 }

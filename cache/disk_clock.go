@@ -53,6 +53,7 @@ type diskShard struct {
 	pending map[uint64]struct{} // ids with a Put in flight; guarded by mu
 	free    []uint32            // local numbers of free slots (a stack); guarded by mu
 	hand    uint32              // CLOCK hand; guarded by mu
+	ready   bool                // the index of the shard is whole; guarded by mu
 
 	// Counters: written under mu (except hits/misses, which need not be),
 	// read without it by Stats.

@@ -70,8 +70,9 @@ func OpenDisk(dir string, capacityBytes int64, slotSize int, log *slog.Logger) (
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &Disk{log: log, slotSize: slotSize}
+	d := &Disk{log: log, slotSize: slotSize, scanDone: make(chan struct{})}
 	if capacityBytes <= 0 {
+		close(d.scanDone)
 		return d, nil
 	}
 	if slotSize < MinDiskSlotSize || slotSize > MaxDiskSlotSize {
@@ -112,6 +113,7 @@ func OpenDisk(dir string, capacityBytes int64, slotSize int, log *slog.Logger) (
 
 	size := n * int64(slotSize)
 	meta := diskMeta(slotSize, n, shards)
+	d.dir, d.meta = dir, meta
 	reason := ""
 	st, err := f.Stat()
 	if err != nil {
@@ -134,7 +136,10 @@ func OpenDisk(dir string, capacityBytes int64, slotSize int, log *slog.Logger) (
 		}
 		for k := range d.shards {
 			d.shards[k].freeAll()
+			d.shards[k].ready = true
 		}
+		os.Remove(filepath.Join(dir, diskIndexName))
+		close(d.scanDone)
 		return d, nil
 	}
 
@@ -151,10 +156,29 @@ func OpenDisk(dir string, capacityBytes int64, slotSize int, log *slog.Logger) (
 		}
 	}
 	start := time.Now()
-	d.scan()
-	d.scanTime = time.Since(start)
-	log.Info("disk cache: opened", "dir", dir, "entries", d.scanEntries, "slots", n,
-		"slot_size", slotSize, "scan_time", d.scanTime.Round(time.Millisecond))
+	entries, err := d.loadIndex(dir, meta)
+	if err == nil {
+		d.indexLoaded = true
+		d.scanEntries.Store(entries)
+		d.scanTime.Store(int64(time.Since(start)))
+		close(d.scanDone)
+		log.Info("disk cache: opened from its saved index", "dir", dir, "entries", entries, "slots", n,
+			"slot_size", slotSize, "load_time", time.Since(start).Round(time.Millisecond))
+		return d, nil
+	}
+	if !errors.Is(err, errNoIndex) {
+		log.Warn("disk cache: saved index unusable; scanning the cache", "dir", dir, "err", err)
+	}
+	// No index saved: the last run did not close the cache (a crash). The
+	// scan runs in the background; shards serve as it finishes them.
+	log.Info("disk cache: rebuilding its index in the background (the last run did not close it)", "dir", dir, "slots", n, "slot_size", slotSize)
+	go func() {
+		defer close(d.scanDone)
+		d.scan()
+		d.scanTime.Store(int64(time.Since(start)))
+		log.Info("disk cache: index rebuilt", "dir", dir, "entries", d.scanEntries.Load(), "slots", n,
+			"slot_size", slotSize, "scan_time", time.Since(start).Round(time.Millisecond), "stopped", d.closed.Load())
+	}()
 	return d, nil
 }
 
@@ -196,9 +220,8 @@ func (s *diskShard) freeAll() {
 }
 
 // scan rebuilds the index from the slot headers. Shards are scanned
-// independently by up to scanWorkers goroutines; a shard is not shared with
-// anything else until OpenDisk returns, but its lock is taken anyway to keep
-// the race detector's view simple.
+// independently by up to scanWorkers goroutines, each made ready as soon
+// as it is done (scanShard).
 func (d *Disk) scan() {
 	var (
 		next    atomic.Int64
@@ -231,8 +254,8 @@ func (d *Disk) scan() {
 		})
 	}
 	wg.Wait()
-	d.scanEntries = entries.Load()
-	d.seq.Store(maxSeq.Load())
+	d.scanEntries.Store(entries.Load())
+	d.seq.Store(max(d.seq.Load(), maxSeq.Load()))
 }
 
 // scanShard indexes the valid headers in s's slots and returns how many it
@@ -240,9 +263,14 @@ func (d *Disk) scan() {
 // belongs to another shard (possible only in a damaged file) is ignored. Of
 // two slots holding the same id, the one written last (highest seq) is kept
 // and the other emptied.
+//
+// The shard is built apart and installed under its lock at the end: until
+// then it is not ready (its Gets miss, its Puts are dropped, nothing else
+// touches its slots), and the lock is never held across the reads. A scan
+// stopped by Close leaves the shard not ready.
 func (d *Disk) scanShard(s *diskShard) (entries int64, maxSeq uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	slots := make([]slotMeta, len(s.slots))
+	index := make(map[uint64]uint32)
 	seqs := make([]uint64, len(s.slots))
 	var stale []uint32
 	visit := func(i uint32, h slotHeader) {
@@ -250,17 +278,17 @@ func (d *Disk) scanShard(s *diskShard) (entries int64, maxSeq uint64) {
 			return
 		}
 		maxSeq = max(maxSeq, h.seq)
-		if j, dup := s.index[h.id]; dup {
+		if j, dup := index[h.id]; dup {
 			if seqs[j] >= h.seq {
 				stale = append(stale, i)
 				return
 			}
 			stale = append(stale, j)
-			s.slots[j] = slotMeta{}
+			slots[j] = slotMeta{}
 			entries--
 		}
-		s.index[h.id] = i
-		s.slots[i] = slotMeta{id: h.id, length: h.length, state: slotLive}
+		index[h.id] = i
+		slots[i] = slotMeta{id: h.id, length: h.length, state: slotLive}
 		seqs[i] = h.seq
 		entries++
 	}
@@ -270,6 +298,9 @@ func (d *Disk) scanShard(s *diskShard) (entries int64, maxSeq uint64) {
 		per := max(1, scanBlock/d.slotSize)
 		buf := make([]byte, per*d.slotSize)
 		for i := uint32(0); i < n; i += uint32(per) {
+			if d.closed.Load() {
+				return 0, 0
+			}
 			cnt := min(uint32(per), n-i)
 			got, err := d.f.ReadAt(buf[:int(cnt)*d.slotSize], d.offset(s.base+i))
 			if err != nil && err != io.EOF {
@@ -285,6 +316,9 @@ func (d *Disk) scanShard(s *diskShard) (entries int64, maxSeq uint64) {
 	} else {
 		var hdr [DiskHeaderSize]byte
 		for i := uint32(0); i < n; i++ {
+			if i%1024 == 0 && d.closed.Load() {
+				return 0, 0
+			}
 			if _, err := d.f.ReadAt(hdr[:], d.offset(s.base+i)); err != nil {
 				if err != io.EOF {
 					d.errs.report(d.log, errRead, err, s.base+i, 0)
@@ -302,17 +336,31 @@ func (d *Disk) scanShard(s *diskShard) (entries int64, maxSeq uint64) {
 			d.errs.report(d.log, errWrite, err, s.base+i, 0)
 		}
 	}
+	var b int64
+	for _, i := range index {
+		b += int64(slots[i].length)
+	}
+	// Sequence numbers go on from the highest this shard holds, before it
+	// takes Puts.
+	for {
+		cur := d.seq.Load()
+		if maxSeq <= cur || d.seq.CompareAndSwap(cur, maxSeq) {
+			break
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	copy(s.slots, slots) // s.slots itself is never reallocated
+	s.index = index
+	s.free = s.free[:0]
 	for i := int(n) - 1; i >= 0; i-- {
 		if s.slots[i].state != slotLive {
 			s.pushFree(uint32(i))
 		}
 	}
 	s.live.Store(entries)
-	var b int64
-	for _, i := range s.index {
-		b += int64(s.slots[i].length)
-	}
 	s.bytes.Store(b)
+	s.ready = true
 	return entries, maxSeq
 }
 

@@ -2,7 +2,9 @@ package cache
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -24,7 +26,8 @@ func frameFor(id uint64, maxLen int) []byte {
 	return b
 }
 
-// openDiskT opens a disk cache that is closed when the test ends.
+// openDiskT opens a disk cache that is closed when the test ends, and
+// waits for its index to be whole.
 func openDiskT(t testing.TB, dir string, capacity int64, slotSize int) *Disk {
 	t.Helper()
 	d, err := OpenDisk(dir, capacity, slotSize, nil)
@@ -32,7 +35,19 @@ func openDiskT(t testing.TB, dir string, capacity int64, slotSize int) *Disk {
 		t.Fatalf("OpenDisk: %v", err)
 	}
 	t.Cleanup(func() { d.Close() })
+	d.WaitScan()
 	return d
+}
+
+// dropIndex removes the index a Close saved: the cache is as a crash left
+// it, and the next open scans. Tests that change the data file behind the
+// cache's back (only a crash or damage does that) call it, so the scan
+// sees their changes.
+func dropIndex(t testing.TB, dir string) {
+	t.Helper()
+	if err := os.Remove(filepath.Join(dir, diskIndexName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
 }
 
 // mustGet checks that id is present with exactly want.
@@ -57,6 +72,7 @@ func mustMiss(t *testing.T, d *Disk, id uint64) {
 // flipByte XORs one byte of the data file at off, behind the cache's back.
 func flipByte(t *testing.T, dir string, off int64) {
 	t.Helper()
+	dropIndex(t, dir)
 	f, err := os.OpenFile(filepath.Join(dir, diskDataName), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -459,6 +475,7 @@ func TestDiskTruncated(t *testing.T) {
 				d.Put(id, frameFor(id, 900))
 			}
 			d.Close()
+			dropIndex(t, dir)
 			if err := os.Truncate(filepath.Join(dir, diskDataName), tc.keep); err != nil {
 				t.Fatal(err)
 			}
@@ -528,6 +545,7 @@ func TestDiskGarbage(t *testing.T) {
 			dir := t.TempDir()
 			d := openDiskT(t, dir, slots*slot, slot)
 			d.Close()
+			dropIndex(t, dir)
 			b := make([]byte, slots*slot)
 			tc.fill(rand.New(rand.NewPCG(3, 4)), b)
 			if err := os.WriteFile(filepath.Join(dir, diskDataName), b, 0o600); err != nil {
@@ -772,6 +790,7 @@ func BenchmarkDiskGetParallel(b *testing.B) {
 // writeSlotT writes a well-formed slot into a closed cache's data file.
 func writeSlotT(t *testing.T, dir string, slotSize int, slot uint32, id, seq uint64, data []byte) {
 	t.Helper()
+	dropIndex(t, dir)
 	f, err := os.OpenFile(filepath.Join(dir, diskDataName), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -833,6 +852,7 @@ func TestDiskFileTooLong(t *testing.T) {
 	d := openDiskT(t, dir, slots*slot, slot)
 	d.Put(1, frameFor(1, 900))
 	d.Close()
+	dropIndex(t, dir)
 	f, err := os.OpenFile(filepath.Join(dir, diskDataName), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -846,9 +866,11 @@ func TestDiskFileTooLong(t *testing.T) {
 	}
 }
 
-// BenchmarkDiskScan measures OpenDisk on a full 1 GiB cache: the time per op
-// is the index rebuild, from the page cache ("warm") or after dropping the
-// file's pages from it ("cold"; on a VM the host may still cache them).
+// BenchmarkDiskScan measures OpenDisk on a full 1 GiB cache until its
+// index is whole: rebuilt by the scan (as after a crash), from the page
+// cache ("warm") or after dropping the file's pages from it ("cold"; on a
+// VM the host may still cache them), or loaded from the index a Close
+// saved ("saved").
 func BenchmarkDiskScan(b *testing.B) {
 	const capacity = 1 << 30
 	for _, slot := range []int{benchSlot, 4 << 10} {
@@ -866,15 +888,15 @@ func BenchmarkDiskScan(b *testing.B) {
 			b.Fatalf("filled %d of %d slots", got, n)
 		}
 		d.Close()
-		for _, cold := range []bool{false, true} {
-			name := fmt.Sprintf("slot=%dKiB/slots=%d/warm", slot>>10, n)
-			if cold {
-				name = name[:len(name)-len("warm")] + "cold"
-			}
+		for _, mode := range []string{"warm", "cold", "saved"} {
+			name := fmt.Sprintf("slot=%dKiB/slots=%d/%s", slot>>10, n, mode)
 			b.Run(name, func(b *testing.B) {
 				for b.Loop() {
-					if cold {
-						b.StopTimer()
+					b.StopTimer()
+					if mode != "saved" {
+						dropIndex(b, dir)
+					}
+					if mode == "cold" {
 						f, err := os.Open(filepath.Join(dir, diskDataName))
 						if err != nil {
 							b.Fatal(err)
@@ -884,16 +906,19 @@ func BenchmarkDiskScan(b *testing.B) {
 						if !ok {
 							b.Skip("cannot drop the page cache here")
 						}
-						b.StartTimer()
 					}
+					b.StartTimer()
 					d, err := OpenDisk(dir, capacity, slot, nil)
 					if err != nil {
 						b.Fatal(err)
 					}
-					if got := d.Stats().ScanEntries; got != n {
-						b.Fatalf("scan found %d of %d entries", got, n)
+					d.WaitScan()
+					if st := d.Stats(); st.ScanEntries != n || st.IndexLoaded != (mode == "saved") {
+						b.Fatalf("index of %d of %d entries, loaded %v", st.ScanEntries, n, st.IndexLoaded)
 					}
+					b.StopTimer()
 					d.Close()
+					b.StartTimer()
 				}
 			})
 		}
