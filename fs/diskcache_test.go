@@ -11,8 +11,9 @@ import (
 )
 
 // TestDiskCacheServesAndSurvivesDamage: reads come from the disk cache once
-// the memory cache is gone (a restart), and a damaged cache file costs a GET,
-// never wrong data.
+// the memory cache is gone (a restart, which loads the cache's saved index
+// rather than scanning it), and a damaged cache file costs a GET, never
+// wrong data.
 func TestDiskCacheServesAndSurvivesDamage(t *testing.T) {
 	st := store.NewMem()
 	dir := t.TempDir()
@@ -28,6 +29,10 @@ func TestDiskCacheServesAndSurvivesDamage(t *testing.T) {
 
 	opts.Cache = cache.NewMemory(0) // every read below the memory tier
 	f = mustOpen(t, opts)
+	// Closed cleanly: the index was saved and is loaded, not scanned.
+	if st := f.Status().DiskCache; st == nil || !st.IndexLoaded || st.ScanEntries == 0 {
+		t.Fatalf("disk cache after a clean restart: %+v, want its saved index loaded", st)
+	}
 	gets := f.Stats().StoreGets.Load()
 	if got := mustRead(t, f, n.Ino, 0, len(data)); !bytes.Equal(got, data) {
 		t.Fatal("wrong data from the disk cache")
