@@ -14,7 +14,7 @@ export GOFLAGS
 
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build run test test-minio test-deps check unit fuzz-quick fuzz bench bench-remote soak clean
+.PHONY: all build run test test-minio test-deps check unit fuzz-quick fuzz bench bench-remote bench-start soak clean
 
 all: build
 
@@ -54,16 +54,21 @@ fuzz:
 # Benchmarks, each against a baseline in the same run (docs/benchmarks.md):
 # flush vs a bare PUT/fsync, the engine alone, NBD vs nbdkit memory (fio),
 # NFS vs nfs-ganesha (set NFS_BENCH_NO_GANESHA=1 where ganesha cannot run),
-# and NBD on a store 20 ms away (bench-remote).
+# NBD on a store 20 ms away (bench-remote), and start time (bench-start).
 bench: test-deps
 	$(GO) test -run '^$$' -bench 'BenchmarkFlush' -benchtime 500x ./fs
 	$(GO) test -run '^$$' -bench 'BenchmarkEngine' -benchtime 3s ./fs
 	./bench/nbd.sh
 	./bench/nfs.sh
 	./bench/remote.sh
+	./bench/start.sh
 
 bench-remote: test-deps
 	./bench/remote.sh
+
+# Start time with a full disk cache against an empty one, and after kill -9.
+bench-start: test-deps
+	./bench/start.sh
 
 # Longer randomized crash-recovery runs with fresh seeds (not part of make test).
 # soak's test is not piped through a filter: the pipe's status would hide a failure.
