@@ -81,6 +81,9 @@ type server struct {
 	admin string
 	nbd   string
 	nfs   string
+	// command, if set, makes the command that runs `zerofs run -c
+	// zerofs.toml` (the default).
+	command func(bin string) *exec.Cmd
 }
 
 // startServer runs `zerofs run -c` on the example configuration with only the
@@ -108,6 +111,9 @@ func (s *server) start(t *testing.T, bin, cfg string) *server {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "run", "-c", "zerofs.toml")
+	if s.command != nil {
+		cmd = s.command(bin)
+	}
 	cmd.Dir = dir
 	s.proc = testutil.Start(t, cmd) // killed at cleanup if still running
 	t.Cleanup(func() {

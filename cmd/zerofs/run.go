@@ -70,6 +70,10 @@ var processStart = time.Now()
 // servers (letting requests in flight finish) and closes the filesystem,
 // which flushes everything and writes a checkpoint.
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	inherited, err := inheritedListeners() // socket activation (activation.go)
+	if err != nil {
+		return err
+	}
 	if strings.Contains(cfg.Storage.EncryptionPassword, "example-insecure") {
 		log.Warn("using the example encryption password: set ZEROFS_PASSWORD for anything but a trial")
 	}
@@ -155,6 +159,10 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		failed   = make(chan error, 8)
 	)
 	listen := func(what, addr string) (net.Listener, error) {
+		if ln := takeListener(&inherited, addr); ln != nil {
+			log.Info("using the listening socket the service manager passed", "server", what, "address", ln.Addr().String())
+			return ln, nil
+		}
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return nil, fmt.Errorf("%s: listen on %s: %w (is another zerofs running? change the address in the config)", what, addr, err)
@@ -230,6 +238,12 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			}
 		}()
 		log.Info("serving admin API", "address", ln.Addr().String())
+	}
+	if len(inherited) > 0 {
+		log.Warn("sockets passed by the service manager match no configured address; closing them", "addresses", listenerAddrs(inherited))
+		for _, ln := range inherited {
+			ln.Close()
+		}
 	}
 	// From exec to serving: what a planned restart costs clients.
 	index := "none"
