@@ -33,15 +33,24 @@ import (
 // writes keep coming, and is deleted lazily once the file's writes are all
 // durable and it has been quiet for markIdle; a clean Close deletes every
 // mark after its final flush. Marks found at start are what a crash (or a
-// takeover) left: those files are interrupted. The NBD server fails all I/O
-// on an interrupted export until ClearInterrupted, and the mark stays in
-// the bucket until then, so a restart — or a fresh machine — keeps it.
+// takeover) left: those files are interrupted, which the start records in
+// objects of their own (interruptedPrefix) before serving. The NBD server
+// fails all I/O on an interrupted export until ClearInterrupted deletes
+// them, so a restart — or a fresh machine — keeps the interruption.
 //
 // Only writers that ask are marked: the NBD server does (MarkUnflushed), NFS
 // does not need it.
 
 // markPrefix is where marks live in the WAL store: marks/<inode, hex>.
-const markPrefix = "marks/"
+// interruptedPrefix holds the interruptions a start found them to mean:
+// interrupted/<inode, hex>, there until ClearInterrupted. They are apart
+// from the marks because the marks belong to the run that wrote them: a
+// writer this one fenced may still be deleting its own marks when this one
+// starts, and must not take an interruption with them.
+const (
+	markPrefix        = "marks/"
+	interruptedPrefix = "interrupted/"
+)
 
 // markIdle is how long a marked file must have been quiet, its writes all
 // durable, before its mark is deleted. Long enough that a database writing
@@ -49,7 +58,8 @@ const markPrefix = "marks/"
 // device left alone after its last flush is soon clean again.
 const markIdle = 10 * time.Second
 
-func markKey(ino uint64) string { return fmt.Sprintf("%s%016x", markPrefix, ino) }
+func markKey(ino uint64) string        { return fmt.Sprintf("%s%016x", markPrefix, ino) }
+func interruptedKey(ino uint64) string { return fmt.Sprintf("%s%016x", interruptedPrefix, ino) }
 
 // markBody is a mark's content, for whoever reads the bucket.
 type markBody struct {
@@ -77,21 +87,32 @@ type mark struct {
 }
 
 // loadMarks lists the marks a previous run left: those files are
-// interrupted.
+// interrupted, and each is recorded as such before the filesystem serves.
 func (f *FS) loadMarks(ctx context.Context) error {
 	f.marks.m = make(map[uint64]*mark)
-	infos, err := f.wal.Records().List(ctx, markPrefix)
-	if err != nil {
-		return fmt.Errorf("list unflushed-write marks: %w", err)
-	}
 	found := make(map[uint64]time.Time)
-	for _, in := range infos {
-		ino, err := strconv.ParseUint(strings.TrimPrefix(in.Key, markPrefix), 16, 64)
+	for _, prefix := range []string{interruptedPrefix, markPrefix} {
+		infos, err := f.wal.Records().List(ctx, prefix)
 		if err != nil {
-			f.log.Warn("ignoring an object that is not a mark", "key", in.Key)
-			continue
+			return fmt.Errorf("list %s: %w", prefix, err)
 		}
-		found[ino] = in.ModTime
+		for _, in := range infos {
+			ino, err := strconv.ParseUint(strings.TrimPrefix(in.Key, prefix), 16, 64)
+			if err != nil {
+				f.log.Warn("ignoring an object that is not a mark", "key", in.Key)
+				continue
+			}
+			if _, ok := found[ino]; ok {
+				continue
+			}
+			found[ino] = in.ModTime
+			if prefix == markPrefix {
+				body, _ := json.Marshal(markBody{Ino: ino, Epoch: f.epoch, Since: in.ModTime.UTC()})
+				if _, err := f.wal.Records().Put(ctx, interruptedKey(ino), body); err != nil {
+					return fmt.Errorf("record the interruption of inode %d: %w", ino, err)
+				}
+			}
+		}
 	}
 	f.marks.interrupted.Store(&found)
 	for ino, since := range found {
@@ -131,8 +152,12 @@ func (f *FS) ClearInterrupted(ctx context.Context, ino uint64) error {
 	if err := f.checkWritable(); err != nil {
 		return err
 	}
-	if err := f.wal.Records().Delete(ctx, markKey(ino)); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("clear interruption of inode %d: %w: %w", ino, ErrIO, err)
+	// The mark first: should the second delete not happen, the file is
+	// still interrupted at the next start, never silently cleared.
+	for _, key := range []string{markKey(ino), interruptedKey(ino)} {
+		if err := f.wal.Records().Delete(ctx, key); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("clear interruption of inode %d: %w: %w", ino, ErrIO, err)
+		}
 	}
 	f.marks.mu.Lock()
 	next := maps.Clone(*f.marks.interrupted.Load())
