@@ -74,6 +74,7 @@ type Disk struct {
 	scanTime    atomic.Int64 // ns: to load or rebuild the index
 	scanEntries atomic.Int64
 	indexLoaded bool // from index.snap, not scanned
+	scanning    atomic.Bool
 }
 
 var _ Cache = (*Disk)(nil)
@@ -109,6 +110,7 @@ type DiskStats struct {
 	ScanTime    time.Duration // how long loading or rebuilding the index took (0 while a scan runs)
 	ScanEntries int64         // entries the saved index or the scan found
 	IndexLoaded bool          // the index came from index.snap, not a scan
+	Scanning    bool          // the scan is rebuilding the index (after a crash)
 }
 
 // SlotSize is the size of the cache's slots (0 if disabled).
@@ -338,6 +340,7 @@ func (d *Disk) Stats() DiskStats {
 		ScanTime:    time.Duration(d.scanTime.Load()),
 		ScanEntries: d.scanEntries.Load(),
 		IndexLoaded: d.indexLoaded,
+		Scanning:    d.scanning.Load(),
 	}
 	if d.f == nil {
 		return st

@@ -172,8 +172,10 @@ func OpenDisk(dir string, capacityBytes int64, slotSize int, log *slog.Logger) (
 	// No index saved: the last run did not close the cache (a crash). The
 	// scan runs in the background; shards serve as it finishes them.
 	log.Info("disk cache: rebuilding its index in the background (the last run did not close it)", "dir", dir, "slots", n, "slot_size", slotSize)
+	d.scanning.Store(true)
 	go func() {
 		defer close(d.scanDone)
+		defer d.scanning.Store(false)
 		d.scan()
 		d.scanTime.Store(int64(time.Since(start)))
 		log.Info("disk cache: index rebuilt", "dir", dir, "entries", d.scanEntries.Load(), "slots", n,

@@ -120,6 +120,18 @@ func cmdStatus(args []string) error {
 	if s.Cache != nil {
 		fmt.Fprintf(w, "memory cache\t%d of %d bytes, %d hits, %d misses\n", s.Cache.Bytes, s.Cache.Capacity, s.Cache.Hits, s.Cache.Misses)
 	}
+	if d := s.DiskCache; d != nil && d.SlotsTotal > 0 {
+		index := "new"
+		switch {
+		case d.Scanning:
+			index = "being rebuilt (the last run did not stop cleanly): misses go to the store meanwhile"
+		case d.IndexLoaded:
+			index = fmt.Sprintf("loaded at start in %s", d.ScanTime.Round(time.Millisecond))
+		case d.ScanTime > 0:
+			index = fmt.Sprintf("rebuilt after an unclean stop in %s", d.ScanTime.Round(time.Millisecond))
+		}
+		fmt.Fprintf(w, "disk cache\t%d of %d slots, %d hits, %d misses; index %s\n", d.SlotsUsed, d.SlotsTotal, d.Hits, d.Misses, index)
+	}
 	fmt.Fprintf(w, "store reads\t%d requests, %d bytes\n", s.StoreGets, s.StoreGetBytes)
 	fmt.Fprintf(w, "store errors\t%d (failed reads and retried WAL appends)\n", s.StoreErrors)
 	fmt.Fprintf(w, "corrupt frames\t%d\n", s.CorruptFrames)
