@@ -134,14 +134,26 @@ func (h *handler) resizeExport(w http.ResponseWriter, r *http.Request) {
 	h.reply(w, http.StatusOK, e)
 }
 
+// Cleared is the reply to POST /v1/exports/{name}/clear.
+type Cleared struct {
+	Name string `json:"name"`
+	// Cleared is false if the export was not interrupted: nothing changed.
+	Cleared bool `json:"cleared"`
+}
+
 func (h *handler) clearExport(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if err := nbd.ClearExport(r.Context(), h.f, name); err != nil {
+	err := nbd.ClearExport(r.Context(), h.f, name)
+	if errors.Is(err, fs.ErrNotInterrupted) {
+		h.reply(w, http.StatusOK, Cleared{Name: name})
+		return
+	}
+	if err != nil {
 		h.fail(w, err)
 		return
 	}
 	h.log.Info("cleared NBD device's interruption", "name", name)
-	h.reply(w, http.StatusOK, Export{Name: name})
+	h.reply(w, http.StatusOK, Cleared{Name: name, Cleared: true})
 }
 
 func (h *handler) deleteExport(w http.ResponseWriter, r *http.Request) {
@@ -221,7 +233,10 @@ func (c *Client) DeleteExport(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/exports/"+pathEscape(name), nil, nil)
 }
 
-// ClearExport ends export name's interruption (POST /v1/exports/{name}/clear).
-func (c *Client) ClearExport(ctx context.Context, name string) error {
-	return c.do(ctx, http.MethodPost, "/v1/exports/"+pathEscape(name)+"/clear", nil, nil)
+// ClearExport ends export name's interruption (POST /v1/exports/{name}/clear)
+// and says whether there was one.
+func (c *Client) ClearExport(ctx context.Context, name string) (cleared bool, err error) {
+	var out Cleared
+	err = c.do(ctx, http.MethodPost, "/v1/exports/"+pathEscape(name)+"/clear", nil, &out)
+	return out.Cleared, err
 }

@@ -105,6 +105,16 @@ func (f *FS) loadMarks(ctx context.Context) error {
 			if _, ok := found[ino]; ok {
 				continue
 			}
+			// A file deleted while marked, before its mark went: nothing
+			// is left to protect (and no name to clear it by).
+			if _, err := f.getInode(nil, ino); errors.Is(err, ErrNotExist) {
+				for _, key := range []string{markKey(ino), interruptedKey(ino)} {
+					if err := f.wal.Records().Delete(ctx, key); err != nil && !errors.Is(err, store.ErrNotFound) {
+						return fmt.Errorf("delete the mark of deleted inode %d: %w", ino, err)
+					}
+				}
+				continue
+			}
 			found[ino] = in.ModTime
 			if prefix == markPrefix {
 				body, _ := json.Marshal(markBody{Ino: ino, Epoch: f.epoch, Since: in.ModTime.UTC()})
@@ -144,11 +154,39 @@ func (f *FS) InterruptedFiles() []uint64 {
 
 // ClearInterrupted ends the interruption of file ino: the operator has dealt
 // with what it may have lost. Clearing a file that is not interrupted does
-// nothing.
+// nothing and returns ErrNotInterrupted.
 func (f *FS) ClearInterrupted(ctx context.Context, ino uint64) error {
 	if !f.Interrupted(ino) {
+		return ErrNotInterrupted
+	}
+	return f.dropMarks(ctx, ino)
+}
+
+// ErrNotInterrupted: ClearInterrupted was asked to clear a file that is not
+// interrupted.
+var ErrNotInterrupted = errors.New("not interrupted")
+
+// ForgetMarks drops file ino's mark and interruption, if any: for a file
+// being deleted, whose writes no longer matter.
+func (f *FS) ForgetMarks(ctx context.Context, ino uint64) error {
+	f.marks.mu.Lock()
+	mk := f.marks.m[ino]
+	delete(f.marks.m, ino)
+	f.marks.mu.Unlock()
+	if mk == nil && !f.Interrupted(ino) {
 		return nil
 	}
+	if mk != nil { // wait out a mark being written
+		mk.mu.Lock()
+		defer mk.mu.Unlock()
+		mk.marked = false
+	}
+	return f.dropMarks(ctx, ino)
+}
+
+// dropMarks deletes ino's mark and interruption objects and forgets the
+// interruption.
+func (f *FS) dropMarks(ctx context.Context, ino uint64) error {
 	if err := f.checkWritable(); err != nil {
 		return err
 	}
@@ -160,11 +198,13 @@ func (f *FS) ClearInterrupted(ctx context.Context, ino uint64) error {
 		}
 	}
 	f.marks.mu.Lock()
-	next := maps.Clone(*f.marks.interrupted.Load())
-	delete(next, ino)
-	f.marks.interrupted.Store(&next)
+	if f.Interrupted(ino) {
+		next := maps.Clone(*f.marks.interrupted.Load())
+		delete(next, ino)
+		f.marks.interrupted.Store(&next)
+		f.log.Info("interruption cleared", "inode", ino)
+	}
 	f.marks.mu.Unlock()
-	f.log.Info("interruption cleared", "inode", ino)
 	return nil
 }
 

@@ -121,3 +121,49 @@ func TestUnflushedMarks(t *testing.T) {
 		t.Fatalf("after Close: a marked %v (want false), b's interruption: %v (want kept)", marked(a.Ino), err)
 	}
 }
+
+// TestMarksOfDeletedFiles: a file deleted while marked leaves no
+// interruption behind — none that could never be cleared, with no name left
+// to clear it by — whether the deleter forgets its marks (as NBD's delete
+// does) or not (a removal over NFS, then a crash before the mark went).
+func TestMarksOfDeletedFiles(t *testing.T) {
+	ctx := context.Background()
+	st := faultstore.New(store.NewMem())
+	opts := testOptions(t, st, t.TempDir())
+	f := mustOpen(t, opts)
+	a := mustCreate(t, f, RootIno, "a", TypeRegular|0o644)
+	b := mustCreate(t, f, RootIno, "b", TypeRegular|0o644)
+	for _, n := range []Inode{a, b} {
+		done, err := f.MarkUnflushed(ctx, n.Ino)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done()
+		if _, err := f.Remove(ctx, Root, RootIno, map[uint64]string{a.Ino: "a", b.Ino: "b"}[n.Ino]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.ForgetMarks(ctx, a.Ino); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Inner().Head(ctx, markKey(a.Ino)); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a's mark after ForgetMarks: %v", err)
+	}
+	if err := f.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.crash() // b's mark is still there
+	f = mustOpen(t, opts)
+	defer f.Close()
+	if got := f.InterruptedFiles(); len(got) != 0 {
+		t.Fatalf("interrupted %v: deleted files", got)
+	}
+	for _, key := range []string{markKey(b.Ino), interruptedKey(b.Ino)} {
+		if _, err := st.Inner().Head(ctx, key); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("%s of a deleted file: %v, want it gone", key, err)
+		}
+	}
+	if err := f.ClearInterrupted(ctx, b.Ino); !errors.Is(err, ErrNotInterrupted) {
+		t.Fatalf("clearing a file that is not interrupted: %v", err)
+	}
+}

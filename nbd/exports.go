@@ -253,8 +253,8 @@ func DeleteExport(ctx context.Context, f *fs.FS, name string) error {
 	if _, err := f.Remove(ctx, fs.Root, dir.Ino, name); err != nil {
 		return fmt.Errorf("delete export %q: %w", name, err)
 	}
-	// A deleted export's interruption has nothing left to protect.
-	if err := f.ClearInterrupted(ctx, n.Ino); err != nil {
+	// A deleted export's mark and interruption have nothing left to protect.
+	if err := f.ForgetMarks(ctx, n.Ino); err != nil {
 		return fmt.Errorf("delete export %q: %w", name, err)
 	}
 	if err := f.Flush(ctx); err != nil {
@@ -313,7 +313,8 @@ func (e fsExports) list(ctx context.Context) ([]ExportInfo, error) { return List
 // ClearExport ends the interruption of export name (fs.FS.ClearInterrupted):
 // the operator has made its client deal with the writes it may have lost.
 // Its I/O works again at once, on connections already open too. Clearing
-// an export that is not interrupted does nothing.
+// an export that is not interrupted does nothing and returns an error
+// wrapping fs.ErrNotInterrupted.
 func ClearExport(ctx context.Context, f *fs.FS, name string) error {
 	if err := ValidateExportName(name); err != nil {
 		return err

@@ -290,8 +290,13 @@ func cmdNBD(args []string) error {
 		if err != nil {
 			return err
 		}
-		if err := cl.ClearExport(ctx, name); err != nil {
+		cleared, err := cl.ClearExport(ctx, name)
+		if err != nil {
 			return err
+		}
+		if !cleared {
+			fmt.Printf("%s was not interrupted: nothing to clear\n", name)
+			return nil
 		}
 		fmt.Printf("cleared %s: its I/O works again; it holds what was durable when the last run ended (docs/durability.md)\n", name)
 		return nil

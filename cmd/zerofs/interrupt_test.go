@@ -78,8 +78,12 @@ func TestCrashInterruptsUnflushedExports(t *testing.T) {
 	}
 	marks := filepath.Join(s.dir, "data", "store", "marks")
 
-	// clean: written and flushed, then left until its mark is gone.
-	qemuIO(t, uri(s, "clean"), "-c", "write -P 0x11 0 64k", "-c", "flush")
+	// clean: written (plain writes, not FUA: it gets a mark) and flushed,
+	// then left until its mark is gone.
+	qemuIO(t, uri(s, "clean"), "-t", "writeback", "-c", "write -P 0x11 0 64k", "-c", "flush")
+	if ents, _ := os.ReadDir(marks); len(ents) != 1 {
+		t.Fatalf("%d marks after a plain write, want 1", len(ents))
+	}
 	testutil.Eventually(t, func() bool {
 		ents, _ := os.ReadDir(marks)
 		return len(ents) == 0

@@ -318,7 +318,7 @@ func logInterrupted(ctx context.Context, f *fs.FS, log *slog.Logger) {
 	for _, e := range list {
 		if e.Interrupted {
 			log.Error("NBD device interrupted: the last run ended without flushing writes it had acknowledged, which may be lost; "+
-				"every request on it fails with EIO until `zerofs nbd clear "+e.Name+"` (docs/operations.md, \"Interrupted devices\")", "device", e.Name)
+				"every request on it fails with EIO until `zerofs nbd clear "+e.Name+"` (docs/operations.md, \"An interrupted device\")", "device", e.Name)
 		}
 	}
 }
