@@ -237,7 +237,8 @@ type FS struct {
 	// in the background (fetch.go, cacheOnDisk).
 	diskWriters chan struct{}
 
-	marks marks // unflushed-write marks (marks.go)
+	marks     marks     // unflushed-write marks (marks.go)
+	pebbleLog pebbleLog // rate limit of pebble's error lines (recover.go)
 
 	ckptMu    sync.Mutex // one checkpoint at a time
 	gcMu      sync.Mutex // one GC pass at a time

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -193,9 +194,40 @@ type pebbleLogger struct{ f *FS }
 func (l pebbleLogger) Infof(format string, args ...any) {
 	l.f.log.Debug("pebble: " + fmt.Sprintf(format, args...))
 }
+
+// Errorf logs pebble's errors at most once per pebbleErrorEvery, with a
+// count of those left out. Pebble retries a failing background flush at
+// once and logs each try: with its directory gone (deleted under a running
+// zerofs), that was thousands of lines a second, a 6.8 GB log in an hour.
 func (l pebbleLogger) Errorf(format string, args ...any) {
+	pl := &l.f.pebbleLog
+	pl.mu.Lock()
+	now := time.Now()
+	if !pl.last.IsZero() && now.Sub(pl.last) < pebbleErrorEvery {
+		pl.dropped++
+		pl.mu.Unlock()
+		return
+	}
+	dropped := pl.dropped
+	pl.last, pl.dropped = now, 0
+	pl.mu.Unlock()
+	if dropped > 0 {
+		l.f.log.Error("pebble: "+fmt.Sprintf(format, args...), "similar_errors_not_logged", dropped)
+		return
+	}
 	l.f.log.Error("pebble: " + fmt.Sprintf(format, args...))
 }
+
+// pebbleErrorEvery is the least time between two pebble error lines.
+const pebbleErrorEvery = 10 * time.Second
+
+// pebbleLog rate-limits pebble's error lines (pebbleLogger.Errorf).
+type pebbleLog struct {
+	mu      sync.Mutex
+	last    time.Time
+	dropped int64
+}
+
 func (l pebbleLogger) Fatalf(format string, args ...any) {
 	l.f.log.Error("pebble fatal: " + fmt.Sprintf(format, args...))
 	os.Exit(1)
