@@ -52,10 +52,12 @@ var scanBlock = 4 << 20
 // and the encryption overhead).
 //
 // If dir holds a cache from a previous run with the same slot size, slot
-// count and format, its entries are kept: the index is rebuilt by reading
-// every slot's header, which costs one header read per slot (a 10 GiB cache
-// of 68 KiB slots has about 154k) and is the bulk of OpenDisk's time; Stats
-// reports it as ScanTime. Otherwise (no cache.meta, a different
+// count and format, its entries are kept. The index comes from index.snap
+// if the last Close saved it (disk_index.go); otherwise (a crash) it is
+// rebuilt in the background by reading every slot's header, one header
+// read per slot (a 10 GiB cache of 68 KiB slots has about 154k), and
+// OpenDisk returns before that scan ends; WaitScan waits for it. Stats
+// reports either as ScanTime. Otherwise (no cache.meta, a different
 // configuration, an empty data file) the cache starts empty. A data file of
 // the right configuration but the wrong length (truncated) is resized and
 // keeps the entries in its remaining slots.
