@@ -14,8 +14,8 @@ import (
 //
 // A restart closes zerofs's listening sockets: between the old process
 // exiting and the new one listening, a client that reconnects
-// (nbd-client -persist, an NFS hard mount) is refused, and nbd-client gives
-// up on a refused connection. When systemd (or any supervisor speaking the
+// (zerofs nbd attach, an NFS hard mount) is refused and must retry; some
+// clients give up on a refused connection. When systemd (or any supervisor speaking the
 // same protocol) holds the sockets instead and passes them to each process,
 // they never close: connections made during the restart wait in the
 // kernel's backlog and are served as soon as the new process is up.

@@ -192,7 +192,15 @@ func requestCost(ops map[string]int64, s fs.Status) string {
 }
 
 func cmdNBD(args []string) error {
-	fl := newFlags("nbd", "nbd create NAME --size SIZE | list | resize NAME --size SIZE | delete NAME | clear NAME  [-c FILE | --admin ADDR]")
+	if len(args) > 0 {
+		switch args[0] {
+		case "attach":
+			return cmdNBDAttach(args[1:])
+		case "detach":
+			return cmdNBDDetach(args[1:])
+		}
+	}
+	fl := newFlags("nbd", "nbd create NAME --size SIZE | list | resize NAME --size SIZE | delete NAME | clear NAME  [-c FILE | --admin ADDR]\n       zerofs nbd attach NAME [--device /dev/nbdN] ... | detach /dev/nbdN   (zerofs nbd attach -h)")
 	cfgPath := fl.String("c", "", "configuration file (for the admin address)")
 	addr := fl.String("admin", "127.0.0.1:7311", "admin endpoint address, if no -c")
 	sizeArg := fl.String("size", "", "device size, e.g. 100G (binary units)")
@@ -202,7 +210,7 @@ func cmdNBD(args []string) error {
 	}
 	if len(pos) == 0 {
 		fl.Usage()
-		return errors.New("missing subcommand: create, list, resize, delete or clear")
+		return errors.New("missing subcommand: create, list, resize, delete, clear, attach or detach")
 	}
 	cl, err := adminClient(*cfgPath, *addr)
 	if err != nil {
@@ -259,7 +267,7 @@ func cmdNBD(args []string) error {
 		if err := cl.CreateExport(ctx, name, size); err != nil {
 			return err
 		}
-		fmt.Printf("created %s (%s); attach it with: nbd-client HOST %s /dev/nbd0 -N %s -persist -timeout 600 -connections 8\n", name, humanSize(size), nbdPort(*cfgPath), name)
+		fmt.Printf("created %s (%s); attach it (as root; it stays running) with: zerofs nbd attach %s --server HOST:%s --device /dev/nbd0\n", name, humanSize(size), name, nbdPort(*cfgPath))
 		return nil
 	case "resize":
 		name, err := needName()
@@ -301,7 +309,7 @@ func cmdNBD(args []string) error {
 		fmt.Printf("cleared %s: its I/O works again; it holds what was durable when the last run ended (docs/durability.md)\n", name)
 		return nil
 	}
-	return fmt.Errorf("unknown nbd subcommand %q: use create, list, resize, delete or clear", pos[0])
+	return fmt.Errorf("unknown nbd subcommand %q: use create, list, resize, delete, clear, attach or detach", pos[0])
 }
 
 func humanSize(n uint64) string {

@@ -284,7 +284,7 @@ func printHowTo(cfg *config.Config) {
 			admin = " --admin " + cfg.Servers.Admin.Address
 		}
 		fmt.Fprintf(&b, "  create a device:  zerofs nbd create disk0 --size 10G%s\n", admin)
-		fmt.Fprintf(&b, "  attach it:        nbd-client %s %s /dev/nbd0 -N disk0 -persist -timeout 600 -connections 8\n", host, port)
+		fmt.Fprintf(&b, "  attach it:        sudo bin/zerofs nbd attach disk0 --server %s --device /dev/nbd0\n", net.JoinHostPort(host, port))
 		fmt.Fprintf(&b, "  or inspect it:    nbdinfo nbd://%s:%s/disk0\n", host, port)
 	}
 	if len(cfg.Servers.NFS.Addresses) > 0 {

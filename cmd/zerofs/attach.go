@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"zerofs/config"
+	"zerofs/nbd/kernel"
+)
+
+// cmdNBDAttach attaches an export to a kernel nbd device and stays running
+// to keep it attached across zerofs restarts (nbd/kernel explains how; the
+// operator's view is in docs/nbd.md). SIGTERM or SIGINT detaches the device
+// and exits; --keep leaves it attached on exit, for replacing this process
+// (the next `zerofs nbd attach` with the same --device adopts it).
+func cmdNBDAttach(args []string) error {
+	fl := newFlags("nbd attach", "nbd attach NAME [--device /dev/nbdN] [--server HOST:PORT | -c FILE] [--connections N] [--timeout 30s] [--dead-timeout 60s]")
+	cfgPath := fl.String("c", "", "configuration file (for the NBD address)")
+	server := fl.String("server", "", "NBD server HOST:PORT (default: the first [servers.nbd] address of -c, else 127.0.0.1:10809)")
+	device := fl.String("device", "", "device to use, e.g. /dev/nbd0 (default: the first free one)")
+	conns := fl.Int("connections", 1, "sockets per device")
+	blockSize := fl.Uint("block-size", 4096, "logical block size")
+	timeout := fl.Duration("timeout", 30*time.Second, "a request unanswered this long is resent on a new connection")
+	deadTimeout := fl.Duration("dead-timeout", 60*time.Second, "how long I/O waits for the server to come back before it fails (in a mirror, the member then faults and the pool goes on)")
+	keep := fl.Bool("keep", false, "leave the device attached when this process exits")
+	pos, err := parseFlags(fl, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fl.Usage()
+		return errors.New("nbd attach needs exactly one export NAME")
+	}
+	addr, err := nbdAddress(*cfgPath, *server)
+	if err != nil {
+		return err
+	}
+	index, err := parseDevice(*device)
+	if err != nil {
+		return err
+	}
+	if *timeout < time.Second || *deadTimeout < time.Second {
+		return errors.New("--timeout and --dead-timeout are whole seconds, at least 1s")
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	dev, err := kernel.Attach(ctx, kernel.Options{
+		Addr: addr, Export: pos[0], Index: index,
+		Connections: *conns, BlockSize: uint32(*blockSize),
+		Timeout: *timeout, DeadTimeout: *deadTimeout,
+		Logf: func(format string, a ...any) { log.Info(fmt.Sprintf(format, a...)) },
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("attached", "device", fmt.Sprintf("/dev/nbd%d", dev.Index), "export", pos[0], "server", addr,
+		"size", dev.Size, "read_only", dev.ReadOnly, "dead_timeout", *deadTimeout)
+	err = dev.Keep(ctx)
+	if errors.Is(err, kernel.ErrDetached) {
+		log.Info("device detached by someone else; exiting", "device", fmt.Sprintf("/dev/nbd%d", dev.Index))
+		return nil
+	}
+	if *keep {
+		log.Info("exiting; the device stays attached (--keep)", "device", fmt.Sprintf("/dev/nbd%d", dev.Index))
+		return err
+	}
+	if derr := dev.Detach(); derr != nil {
+		return errors.Join(err, derr)
+	}
+	log.Info("detached", "device", fmt.Sprintf("/dev/nbd%d", dev.Index))
+	return err
+}
+
+func cmdNBDDetach(args []string) error {
+	fl := newFlags("nbd detach", "nbd detach /dev/nbdN")
+	pos, err := parseFlags(fl, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fl.Usage()
+		return errors.New("nbd detach needs exactly one DEVICE, e.g. /dev/nbd0")
+	}
+	index, err := parseDevice(pos[0])
+	if err != nil {
+		return err
+	}
+	if err := kernel.Detach(index); err != nil {
+		return err
+	}
+	fmt.Printf("detached %s\n", pos[0])
+	return nil
+}
+
+// parseDevice reads /dev/nbdN (or nbdN, or N) as N; "" is -1: any free one.
+func parseDevice(s string) (int, error) {
+	if s == "" {
+		return -1, nil
+	}
+	n, err := strconv.Atoi(strings.TrimPrefix(strings.TrimPrefix(s, "/dev/"), "nbd"))
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("device %q: want /dev/nbdN", s)
+	}
+	return n, nil
+}
+
+// nbdAddress is where attach connects: --server, else the first NBD
+// address of the configuration (a wildcard host becomes loopback), else
+// NBD's registered port on loopback.
+func nbdAddress(cfgPath, server string) (string, error) {
+	if server != "" {
+		if _, _, err := net.SplitHostPort(server); err != nil {
+			return "", fmt.Errorf("--server %q: want HOST:PORT", server)
+		}
+		return server, nil
+	}
+	if cfgPath == "" {
+		return "127.0.0.1:10809", nil
+	}
+	c, err := config.Load(cfgPath)
+	if err != nil {
+		return "", err
+	}
+	if len(c.Servers.NBD.Addresses) == 0 {
+		return "", fmt.Errorf("%s serves no NBD ([servers.nbd] addresses is empty): give --server", cfgPath)
+	}
+	host, port, err := net.SplitHostPort(c.Servers.NBD.Addresses[0])
+	if err != nil {
+		return "", fmt.Errorf("%s: NBD address %q: %w", cfgPath, c.Servers.NBD.Addresses[0], err)
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port), nil
+}
