@@ -127,7 +127,7 @@ func Defaults() Config {
 	return Config{
 		Cache:   Cache{Dir: "./data/cache", DiskSizeGB: 1, MemorySizeGB: 0.5, ReadAheadMB: 128},
 		Storage: Storage{URL: "file://./data/store", Compression: "zstd", ChunkSizeKB: 64, MaxRequests: 64, Hedge: true},
-		WAL:     WAL{FlushInterval: Duration{time.Second}, BatchSizeMB: 16, MaxDirtyMB: 256, MaxRequestMB: 128, MaxReadWait: Duration{2 * time.Minute}, InFlight: 4},
+		WAL:     WAL{FlushInterval: Duration{time.Second}, BatchSizeMB: 16, MaxDirtyMB: 256, MaxRequestMB: 128, MaxReadWait: Duration{20 * time.Second}, InFlight: 4},
 		AWS:     AWS{Region: "us-east-1"},
 		Servers: Servers{
 			NBD:   NBD{Addresses: []string{"127.0.0.1:10809"}},

@@ -711,6 +711,53 @@ func TestShutdownFinishesInFlight(t *testing.T) {
 	}
 }
 
+// TestShutdownDrains: a request the client sends after the shutdown began,
+// while the connection is still draining, is answered, not left for the
+// kernel's request timeout (see drainIdle in transmission.go). The drain
+// window is widened so that a loaded machine cannot make the test miss it.
+func TestShutdownDrains(t *testing.T) {
+	oldIdle, oldMax := drainIdle, drainMax
+	drainIdle, drainMax = 3*time.Second, 6*time.Second
+	t.Cleanup(func() { drainIdle, drainMax = oldIdle, oldMax })
+	f := openTestFS(t)
+	mustCreateExport(t, f, "disk", 1<<20)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(f, Options{Logger: testutil.Logger(t)})
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	c, err := dialClient(ln.Addr().String(), "disk", clientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	shut := make(chan error, 1)
+	go func() { shut <- s.Shutdown(context.Background()) }()
+	for !s.group.Closing() {
+		time.Sleep(time.Millisecond)
+	}
+	for i := range 3 {
+		if _, err := c.send(cmdWrite, cmdFlagFUA, uint64(i)*4096, 4096, bytes.Repeat([]byte{byte(i + 1)}, 4096)); err != nil {
+			t.Fatal(err)
+		}
+		if res, _, err := c.reply(0, 0); err != nil || res.errno != 0 {
+			t.Fatalf("write %d sent during the drain: errno %d, %v", i, res.errno, err)
+		}
+	}
+	// Then quiet: the drain ends and the connection closes.
+	if _, _, err := c.reply(0, 0); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the drain: %v, want EOF", err)
+	}
+	if err := <-shut; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestExportChangesUnderConnection: the size is fixed at negotiation; new
 // connections see a resize; deleting an export fails its connected clients'
 // requests with EIO, without closing them.

@@ -55,8 +55,10 @@ type conn struct {
 	br  *bufio.Reader
 	bw  *bufio.Writer // negotiation only; transmission writes with writev
 
-	mu          sync.Mutex // guards interrupted and deadline changes
-	interrupted bool       // Shutdown asked the reader to stop
+	mu           sync.Mutex // guards interrupted, transmitting, drainEnd and deadline changes
+	interrupted  bool       // Shutdown asked the reader to stop
+	transmitting bool       // negotiation is over
+	drainEnd     time.Time  // Shutdown: the reader stops for good at this time
 
 	dead atomic.Bool // the socket was closed on us or by us: drop replies
 
@@ -110,7 +112,8 @@ func (c *conn) gone() { c.cancel(netserve.ErrPeerGone) }
 var aLongTimeAgo = time.Unix(1, 0)
 
 // setDeadline sets the socket deadline unless Shutdown interrupted us, in
-// which case reads must keep failing at once.
+// which case reads must keep failing at once (it is used in negotiation,
+// which a shutdown ends at once).
 func (c *conn) setDeadline(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -122,23 +125,73 @@ func (c *conn) setDeadline(t time.Time) {
 }
 
 // setReadDeadline is setDeadline for reads only (the writer goroutine's
-// writes keep no deadline).
+// writes keep no deadline). While Shutdown drains the connection, the read
+// of a payload may take until the drain ends.
 func (c *conn) setReadDeadline(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.interrupted {
-		t = aLongTimeAgo
+		t = c.drainEnd
 	}
 	c.nc.SetReadDeadline(t)
 }
 
-// StopReading makes the connection read no new request (Shutdown): the
-// requests already read are answered.
+// A shutdown drains a connection in transmission before it closes it: the
+// reader goes on reading requests until none has come for drainIdle (or for
+// at most drainMax), and every request read is answered.
+//
+// Why: the kernel's nbd driver does not re-send a request that was in
+// flight on a connection that died until its request timeout fires
+// (`zerofs nbd attach --timeout`, 30 s), even when it has reconnected at
+// once. A server that simply stopped reading would leave the requests
+// already on the wire unanswered, and a planned restart would stall the
+// device for that timeout. Closing during a quiet moment leaves only the
+// requests sent in the last network round trip before the close to wait.
+//
+// Variables, not constants, only so that a test can widen them.
+var (
+	drainIdle = 100 * time.Millisecond
+	drainMax  = 2 * time.Second
+)
+
+// StopReading makes the connection read no new request (Shutdown): at once
+// during negotiation, after the drain in transmission; the requests read
+// are answered.
 func (c *conn) StopReading() {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.interrupted = true
-	c.nc.SetReadDeadline(aLongTimeAgo)
-	c.mu.Unlock()
+	if !c.transmitting {
+		c.nc.SetReadDeadline(aLongTimeAgo)
+		return
+	}
+	now := time.Now()
+	c.drainEnd = now.Add(drainMax)
+	c.nc.SetReadDeadline(now.Add(drainIdle))
+}
+
+// beginTransmission marks the end of negotiation; it reports false when a
+// shutdown began first.
+func (c *conn) beginTransmission() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.transmitting = true
+	return !c.interrupted
+}
+
+// armRequestRead sets the deadline for reading the next request header:
+// none normally; while draining, drainIdle from now (never past drainEnd).
+func (c *conn) armRequestRead() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.interrupted {
+		return
+	}
+	t := time.Now().Add(drainIdle)
+	if t.After(c.drainEnd) {
+		t = c.drainEnd
+	}
+	c.nc.SetReadDeadline(t)
 }
 
 func (c *conn) wasInterrupted() bool {
@@ -187,6 +240,9 @@ func (c *conn) Serve() {
 		return
 	}
 	c.setDeadline(time.Time{})
+	if !c.beginTransmission() {
+		return
+	}
 	c.transmit(n)
 }
 
@@ -259,10 +315,11 @@ func (c *conn) readLoop() (disc bool) {
 	defer c.recoverBug("reader")
 	hdr := make([]byte, requestHeaderLen)
 	for {
+		c.armRequestRead()
 		if _, err := io.ReadFull(c.br, hdr); err != nil {
 			switch {
 			case c.wasInterrupted():
-				c.log.Debug("nbd: server shutting down: no more requests read")
+				c.log.Debug("nbd: server shutting down: connection drained; no more requests read")
 			case errors.Is(err, io.EOF), c.dead.Load(), errors.Is(err, net.ErrClosed):
 				c.log.Debug("nbd: client hung up without NBD_CMD_DISC", "err", err)
 				c.gone()

@@ -42,7 +42,7 @@ func TestAbandonedConnectionsDuringOutage(t *testing.T) {
 		"memory_size_gb = 0.5", "memory_size_gb = 0.03125",
 		// Connections stalled this long are reset: the clients below
 		// vanish with writes still unsent, whose FIN the server cannot see.
-		`max_read_wait = "2m"`, `max_read_wait = "3s"`,
+		`max_read_wait = "20s"`, `max_read_wait = "3s"`,
 	).Replace(string(example))
 	s := startServer(t, bin, cfg)
 	adm := []string{"--admin", s.admin}

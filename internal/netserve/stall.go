@@ -13,7 +13,7 @@ var ErrStalled = errors.New("connection stalled: no memory to read its next requ
 
 // DefaultMaxReadWait is how long a reader may wait for memory (or a
 // worker) before its connection is reset, when the server is not told.
-const DefaultMaxReadWait = 120 * time.Second
+const DefaultMaxReadWait = 20 * time.Second
 
 // Why a stalled connection is reset rather than waited on for ever: while
 // the store is down, memory fills and the servers stop reading sockets.
