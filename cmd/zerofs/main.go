@@ -25,7 +25,7 @@ func init() {
 	commands = []command{
 		{"run", "serve NBD and NFS until SIGTERM or SIGINT, then flush and stop", cmdRun},
 		{"init", "write a commented configuration template to FILE or - (stdout)", cmdInit},
-		{"nbd", "manage NBD devices on a running server: create, list, resize, delete", cmdNBD},
+		{"nbd", "NBD devices: create, list, resize, delete, clear on a running server; attach, detach on a client (Linux, root)", cmdNBD},
 		{"status", "show a running server's state", cmdStatus},
 		{"change-password", "rewrap the data key under a new password read from stdin", cmdChangePassword},
 		{"version", "print the version", cmdVersion},

@@ -57,13 +57,10 @@ func Attach(ctx context.Context, o Options) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	fam, groups, err := c.family(familyName)
+	fam, groups, err := nbdFamily(c)
 	if err != nil {
 		c.Close()
-		if errors.Is(err, syscall.ENOENT) {
-			return nil, errors.New("the kernel has no nbd netlink family: load the module first (modprobe nbd)")
-		}
-		return nil, fmt.Errorf("resolve netlink family nbd: %w", err)
+		return nil, err
 	}
 	d := &Device{o: o, c: c, family: fam, Index: o.Index}
 	// Subscribe before connecting, so a connection that dies at once is
@@ -125,6 +122,18 @@ func Attach(ctx context.Context, o Options) (*Device, error) {
 		return nil, errors.New("attach: the kernel did not say which device it used")
 	}
 	return d, nil
+}
+
+// nbdFamily resolves the nbd family, which exists once the module is loaded.
+func nbdFamily(c *genlConn) (uint16, map[string]uint32, error) {
+	fam, groups, err := c.family(familyName)
+	if errors.Is(err, syscall.ENOENT) {
+		return 0, nil, errors.New("the kernel has no nbd netlink family: load the module first (modprobe nbd)")
+	}
+	if err != nil {
+		return 0, nil, fmt.Errorf("resolve netlink family nbd: %w", err)
+	}
+	return fam, groups, nil
 }
 
 // explain turns the kernel's errno into what the operator should do.
@@ -195,7 +204,7 @@ func (d *Device) Keep(ctx context.Context) error {
 // connections, retrying with backoff while the server is down or the kernel
 // refuses; it gives up only when the device is no longer attached.
 func (d *Device) reconnect(ctx context.Context) {
-	backoff := 200 * time.Millisecond
+	backoff := 100 * time.Millisecond
 	start := time.Now()
 	var lastErr string
 	for fixed := 0; ctx.Err() == nil; {
@@ -216,7 +225,7 @@ func (d *Device) reconnect(ctx context.Context) {
 			// closed again.
 			if err == nil {
 				fixed++
-				backoff = 200 * time.Millisecond
+				backoff = 100 * time.Millisecond
 				if fixed >= d.o.Connections {
 					d.o.Logf("/dev/nbd%d reconnected to %s %.1f s after it lost its connection", d.Index, d.o.Addr, time.Since(start).Seconds())
 					return
@@ -236,7 +245,10 @@ func (d *Device) reconnect(ctx context.Context) {
 		case <-ctx.Done():
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		// At most a second between tries: every second the server stays
+		// unreachable after it is back is a second of held I/O, and a
+		// refused connection costs nothing.
+		backoff = min(backoff*2, time.Second)
 	}
 }
 
@@ -250,9 +262,9 @@ func Detach(index int) error {
 		return err
 	}
 	defer c.Close()
-	fam, _, err := c.family(familyName)
+	fam, _, err := nbdFamily(c)
 	if err != nil {
-		return fmt.Errorf("resolve netlink family nbd: %w", err)
+		return err
 	}
 	if _, err := c.request(fam, cmdDisconnect, familyVer, []attr{u32Attr(attrIndex, uint32(index))}); err != nil {
 		return explain("detach", index, err)
