@@ -68,3 +68,8 @@ echo "| cache files removed (same metadata) | $empty |"
 echo "| full disk cache after kill -9 (index rebuilt in the background, in $scan) | $crashed |"
 echo
 echo "re-read of the whole device after the warm start: $((after - before)) store GETs"
+# Metadata recovery: open the local metadata and replay what the WAL has
+# past it; it must not grow with the data written.
+ready() { grep 'msg="filesystem ready"' "log.$1" | grep -o ' elapsed=[^ ]*' | cut -d= -f2; }
+echo
+echo "metadata ready (\"filesystem ready\" elapsed): empty filesystem $(ready fill); ${GB} GiB written, clean stop $(ready full); after kill -9 $(ready crashed) ($(grep -o 'records=[0-9]*' log.crashed | head -1) replayed)"
