@@ -35,9 +35,10 @@ run_with() {
 }
 pgresult() { # PHASE: tps, failed transactions, slowest 5 s interval
   local f=/tmp/pgbench-$1.out
+  grep '^progress' "$f"
   echo "RESULT: $1: $(grep -E '^tps' $f | head -1); $(grep -E 'failed transactions' $f);" \
     "slowest 5 s interval: $(awk '/^progress:/ {print $4}' $f | sort -n | head -1) tps;" \
-    "max latency-stddev line: $(awk '/^progress:/ {print $7}' $f | sort -n | tail -1) ms"
+    "highest 5 s mean latency: $(awk '/^progress:/ {print $7}' $f | sort -n | tail -1) ms"
 }
 
 step "(a) planned restart: SIGTERM + start of region 1"
