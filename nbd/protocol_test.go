@@ -640,22 +640,32 @@ func TestConcurrentClients(t *testing.T) {
 
 // TestShutdownFinishesInFlight: requests already read are answered before
 // Shutdown closes the connection, and Serve returns nil.
-func TestShutdownFinishesInFlight(t *testing.T) {
-	f := openTestFS(t)
-	mustCreateExport(t, f, "disk", 64<<20)
+// serveOneClient serves f and connects one client to export "disk", for
+// tests that shut the server down themselves: Serve's result comes on
+// served.
+func serveOneClient(t *testing.T, f *fs.FS, opts Options) (*Server, <-chan error, *testClient) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ops := newOpCounter()
-	s := NewServer(f, Options{Logger: testutil.Logger(t), Observe: ops.observe})
+	opts.Logger = testutil.Logger(t)
+	s := NewServer(f, opts)
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ln) }()
 	c, err := dialClient(ln.Addr().String(), "disk", clientOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return s, served, c
+}
+
+func TestShutdownFinishesInFlight(t *testing.T) {
+	f := openTestFS(t)
+	mustCreateExport(t, f, "disk", 64<<20)
+	ops := newOpCounter()
+	s, served, c := serveOneClient(t, f, Options{Observe: ops.observe})
 	const n = 32
 	data := bytes.Repeat([]byte{7}, 1<<20)
 	go func() {
@@ -721,18 +731,7 @@ func TestShutdownDrains(t *testing.T) {
 	t.Cleanup(func() { drainIdle, drainMax = oldIdle, oldMax })
 	f := openTestFS(t)
 	mustCreateExport(t, f, "disk", 1<<20)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := NewServer(f, Options{Logger: testutil.Logger(t)})
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ln) }()
-	c, err := dialClient(ln.Addr().String(), "disk", clientOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	s, served, c := serveOneClient(t, f, Options{})
 	shut := make(chan error, 1)
 	go func() { shut <- s.Shutdown(context.Background()) }()
 	for !s.group.Closing() {

@@ -170,13 +170,16 @@ func (c *conn) StopReading() {
 	c.nc.SetReadDeadline(now.Add(drainIdle))
 }
 
-// beginTransmission marks the end of negotiation; it reports false when a
-// shutdown began first.
-func (c *conn) beginTransmission() bool {
+// beginTransmission marks the end of negotiation. A shutdown that began
+// while the handshake's last reply was on its way drains this connection
+// too: its client may already be sending requests.
+func (c *conn) beginTransmission() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.transmitting = true
-	return !c.interrupted
+	if c.interrupted && c.drainEnd.IsZero() {
+		c.drainEnd = time.Now().Add(drainMax)
+	}
 }
 
 // armRequestRead sets the deadline for reading the next request header:
@@ -240,9 +243,7 @@ func (c *conn) Serve() {
 		return
 	}
 	c.setDeadline(time.Time{})
-	if !c.beginTransmission() {
-		return
-	}
+	c.beginTransmission()
 	c.transmit(n)
 }
 

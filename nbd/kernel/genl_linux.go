@@ -60,42 +60,36 @@ func appendAttrs(b []byte, as []attr) []byte {
 // parseAttrs splits b into attributes by type; the last of a type wins.
 func parseAttrs(b []byte) (map[uint16][]byte, error) {
 	out := map[uint16][]byte{}
-	for len(b) > 0 {
-		if len(b) < nlaHdrLen {
-			return nil, errors.New("netlink: truncated attribute")
-		}
-		n := int(binary.NativeEndian.Uint16(b))
-		if n < nlaHdrLen || n > len(b) {
-			return nil, fmt.Errorf("netlink: attribute length %d of %d", n, len(b))
-		}
-		out[binary.NativeEndian.Uint16(b[2:])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER)] = b[nlaHdrLen:n]
-		if align4(n) >= len(b) {
-			break
-		}
-		b = b[align4(n):]
-	}
-	return out, nil
+	err := walkAttrs(b, func(typ uint16, data []byte) { out[typ] = data })
+	return out, err
 }
 
 // parseAttrList returns nested attributes in order (for lists, where every
 // element has the same type).
 func parseAttrList(b []byte) ([][]byte, error) {
 	var out [][]byte
+	err := walkAttrs(b, func(_ uint16, data []byte) { out = append(out, data) })
+	return out, err
+}
+
+// walkAttrs calls fn for each attribute of b, its type without the nested
+// and byte-order flags.
+func walkAttrs(b []byte, fn func(typ uint16, data []byte)) error {
 	for len(b) > 0 {
 		if len(b) < nlaHdrLen {
-			return nil, errors.New("netlink: truncated attribute")
+			return errors.New("netlink: truncated attribute")
 		}
 		n := int(binary.NativeEndian.Uint16(b))
 		if n < nlaHdrLen || n > len(b) {
-			return nil, fmt.Errorf("netlink: attribute length %d of %d", n, len(b))
+			return fmt.Errorf("netlink: attribute length %d of %d", n, len(b))
 		}
-		out = append(out, b[nlaHdrLen:n])
+		fn(binary.NativeEndian.Uint16(b[2:])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER), b[nlaHdrLen:n])
 		if align4(n) >= len(b) {
 			break
 		}
 		b = b[align4(n):]
 	}
-	return out, nil
+	return nil
 }
 
 // genlConn is a NETLINK_GENERIC socket. Requests are serialized: each waits

@@ -12,55 +12,11 @@
 #   SCALE=10 (pgbench -i scale)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-VMH=${VMH:-$PWD/../shared/vmharness}
-VMH_DIR=${VMH_DIR:-/var/tmp/vmharness}
-W=$VMH_DIR/zerofs-zfs
+W=${VMH_DIR:-/var/tmp/vmharness}/zerofs-zfs
 FAULT=${FAULT:-0}
-PORTS=(20809 20810 20811)
-ADMIN=(37311 37312 37313)
-make build >/dev/null
-BIN=$PWD/bin/zerofs
-rm -rf "$W"; mkdir -p "$W/share"
-export ZEROFS_PASSWORD=vm-test-password
-
-config() { # $1 = region
-  cat <<CONF
-[cache]
-dir = "$W/region$1/cache"
-disk_size_gb = 0.5
-memory_size_gb = 0.25
-[storage]
-url = "file://$W/region$1/store"
-encryption_password = "\${ZEROFS_PASSWORD}"
-[servers.nbd]
-addresses = ["127.0.0.1:${PORTS[$1]}"]
-[servers.nfs]
-addresses = []
-[servers.admin]
-address = "127.0.0.1:${ADMIN[$1]}"
-CONF
-}
-start() { # $1 = region
-  "$BIN" run -c "$W/region$1.toml" >>"$W/region$1.log" 2>&1 &
-  echo $! >"$W/region$1.pid"
-  for _ in $(seq 100); do grep -q "zerofs is ready" "$W/region$1.log" && return; sleep 0.2; done
-  echo "region $1 did not start:"; tail -20 "$W/region$1.log"; exit 1
-}
-cleanup() {
-  set +e
-  [ -n "${watcher:-}" ] && kill "$watcher" 2>/dev/null
-  for i in 0 1 2; do [ -e "$W/region$i.pid" ] && kill "$(cat "$W/region$i.pid")" 2>/dev/null; done
-  wait 2>/dev/null
-  return 0
-}
-trap cleanup EXIT
-
-for i in 0 1 2; do
-  mkdir -p "$W/region$i"
-  config $i >"$W/region$i.toml"
-  start $i
-  "$BIN" nbd create "disk$i" --size 2G --admin "127.0.0.1:${ADMIN[$i]}"
-done
+. scripts/vm/lib.sh
+build
+setup 3 2G
 
 waitfile() { while [ ! -e "$W/share/$1" ]; do sleep 1; done; }
 if [ "$FAULT" = 1 ]; then
@@ -70,10 +26,13 @@ if [ "$FAULT" = 1 ]; then
     kill -9 "$(cat "$W/region1.pid")"; touch "$W/share/server-killed"
     waitfile pool-degraded; sleep 5
     start 1
+    # kill -9 left disk1 interrupted (docs/operations.md, "An interrupted
+    # device"): the operator clears it before ZFS resilvers.
+    "$BIN" nbd clear disk1 --admin "127.0.0.1:${ADMIN[1]}"
     echo "host: restarted zerofs region 1 (pid $(cat "$W/region1.pid")) at $(date +%T)"
     touch "$W/share/server-restarted"
   ) &
-  watcher=$!
+  agent_pid=$!   # lib.sh's cleanup stops it
 fi
 
 VM_PORTS="${PORTS[*]}" VM_SHARE=$W/share "$VMH/vm-run.sh" \
