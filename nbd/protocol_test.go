@@ -757,6 +757,38 @@ func TestShutdownDrains(t *testing.T) {
 	}
 }
 
+// TestShutdownFinishesPayload: a shutdown that begins while a WRITE's
+// payload is still arriving lets the payload finish and answers the write
+// (cutting it would leave it to the kernel's request timeout).
+func TestShutdownFinishesPayload(t *testing.T) {
+	f := openTestFS(t)
+	mustCreateExport(t, f, "disk", 4<<20)
+	s, served, c := serveOneClient(t, f, Options{})
+	data := bytes.Repeat([]byte{9}, 1<<20)
+	hdr := encodeRequest(request{flags: cmdFlagFUA, typ: cmdWrite, cookie: 1, off: 0, length: 1 << 20})
+	if _, err := c.nc.Write(append(hdr, data[:512<<10]...)); err != nil {
+		t.Fatal(err)
+	}
+	shut := make(chan error, 1)
+	go func() { shut <- s.Shutdown(context.Background()) }()
+	for !s.group.Closing() {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(3 * drainIdle) // past the drain's quiet window
+	if _, err := c.nc.Write(data[512<<10:]); err != nil {
+		t.Fatal(err)
+	}
+	if res, _, err := c.reply(0, 0); err != nil || res.errno != 0 {
+		t.Fatalf("write whose payload spanned the shutdown: errno %d, %v", res.errno, err)
+	}
+	if err := <-shut; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestExportChangesUnderConnection: the size is fixed at negotiation; new
 // connections see a resize; deleting an export fails its connected clients'
 // requests with EIO, without closing them.

@@ -58,7 +58,8 @@ type conn struct {
 	mu           sync.Mutex // guards interrupted, transmitting, drainEnd and deadline changes
 	interrupted  bool       // Shutdown asked the reader to stop
 	transmitting bool       // negotiation is over
-	drainEnd     time.Time  // Shutdown: the reader stops for good at this time
+	drainEnd     time.Time  // Shutdown: the reader reads no new request after this time
+	readingBody  bool       // the reader is inside a WRITE's payload
 
 	dead atomic.Bool // the socket was closed on us or by us: drop replies
 
@@ -125,15 +126,24 @@ func (c *conn) setDeadline(t time.Time) {
 }
 
 // setReadDeadline is setDeadline for reads only (the writer goroutine's
-// writes keep no deadline). While Shutdown drains the connection, the read
-// of a payload may take until the drain ends.
+// writes keep no deadline). While Shutdown drains the connection, a payload
+// being read gets until drainMax past the drain's end: cutting a WRITE
+// whose header was read would leave it unanswered for the client's timeout.
 func (c *conn) setReadDeadline(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.interrupted {
-		t = c.drainEnd
+		t = c.drainEnd.Add(drainMax)
 	}
 	c.nc.SetReadDeadline(t)
+}
+
+// inBody records whether the reader is inside a payload, so that a
+// shutdown beginning meanwhile does not cut it (see StopReading).
+func (c *conn) inBody(b bool) {
+	c.mu.Lock()
+	c.readingBody = b
+	c.mu.Unlock()
 }
 
 // A shutdown drains a connection in transmission before it closes it: the
@@ -167,6 +177,10 @@ func (c *conn) StopReading() {
 	}
 	now := time.Now()
 	c.drainEnd = now.Add(drainMax)
+	if c.readingBody {
+		c.nc.SetReadDeadline(c.drainEnd.Add(drainMax))
+		return
+	}
 	c.nc.SetReadDeadline(now.Add(drainIdle))
 }
 
@@ -353,8 +367,10 @@ func (c *conn) readLoop() (disc bool) {
 				// socket: TCP back-pressure, not buffering. A client
 				// that stops half-way through a payload holds shared
 				// memory: it gets MaxReadWait to send the rest.
+				c.inBody(true)
 				c.setReadDeadline(time.Now().Add(c.s.opts.MaxReadWait))
 				_, err = io.ReadFull(c.br, payload)
+				c.inBody(false)
 				c.setReadDeadline(time.Time{})
 				if errors.Is(err, os.ErrDeadlineExceeded) && !c.wasInterrupted() {
 					c.freePayload(payload)

@@ -23,7 +23,7 @@ import (
 // and exits; --keep leaves it attached on exit, for replacing this process
 // (the next `zerofs nbd attach` with the same --device adopts it).
 func cmdNBDAttach(args []string) error {
-	fl := newFlags("nbd attach", "nbd attach NAME [--device /dev/nbdN] [--server HOST:PORT | -c FILE] [--connections N] [--timeout 30s] [--dead-timeout 60s]")
+	fl := newFlags("nbd attach", "nbd attach NAME [--device /dev/nbdN] [--server HOST:PORT | -c FILE] [--connections N] [--timeout 30s] [--dead-timeout 60s] [--block-size 4096] [--keep]")
 	cfgPath := fl.String("c", "", "configuration file (for the NBD address)")
 	server := fl.String("server", "", "NBD server HOST:PORT (default: the first [servers.nbd] address of -c, else 127.0.0.1:10809)")
 	device := fl.String("device", "", "device to use, e.g. /dev/nbd0 (default: the first free one)")
@@ -40,6 +40,15 @@ func cmdNBDAttach(args []string) error {
 		fl.Usage()
 		return errors.New("nbd attach needs exactly one export NAME")
 	}
+	if *cfgPath != "" && *server != "" {
+		return errors.New("give --server or -c, not both")
+	}
+	if *conns < 1 || *conns > 64 {
+		return fmt.Errorf("--connections %d: want 1 to 64", *conns)
+	}
+	if *blockSize < 512 || *blockSize > 65536 || *blockSize&(*blockSize-1) != 0 {
+		return fmt.Errorf("--block-size %d: want a power of two from 512 (the kernel also caps it at its page size)", *blockSize)
+	}
 	addr, err := nbdAddress(*cfgPath, *server)
 	if err != nil {
 		return err
@@ -48,8 +57,13 @@ func cmdNBDAttach(args []string) error {
 	if err != nil {
 		return err
 	}
-	if *timeout < time.Second || *deadTimeout < time.Second {
-		return errors.New("--timeout and --dead-timeout are whole seconds, at least 1s")
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"--timeout", *timeout}, {"--dead-timeout", *deadTimeout}} {
+		if d.v < time.Second || d.v%time.Second != 0 {
+			return fmt.Errorf("%s %s: the kernel takes whole seconds, at least 1s", d.name, d.v)
+		}
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -65,10 +79,16 @@ func cmdNBDAttach(args []string) error {
 	}
 	log.Info("attached", "device", fmt.Sprintf("/dev/nbd%d", dev.Index), "export", pos[0], "server", addr,
 		"size", dev.Size, "read_only", dev.ReadOnly, "dead_timeout", *deadTimeout)
+	notifyReady()
 	err = dev.Keep(ctx)
 	if errors.Is(err, kernel.ErrDetached) {
 		log.Info("device detached by someone else; exiting", "device", fmt.Sprintf("/dev/nbd%d", dev.Index))
 		return nil
+	}
+	if err != nil && ctx.Err() == nil {
+		// Not asked to stop: leave the device attached (its user would get
+		// EIO otherwise); a restarted attach adopts it.
+		return fmt.Errorf("%w; /dev/nbd%d stays attached: start zerofs nbd attach with --device /dev/nbd%d again to keep it connected", err, dev.Index, dev.Index)
 	}
 	if *keep {
 		log.Info("exiting; the device stays attached (--keep)", "device", fmt.Sprintf("/dev/nbd%d", dev.Index))
@@ -95,6 +115,9 @@ func cmdNBDDetach(args []string) error {
 	if err != nil {
 		return err
 	}
+	if index < 0 {
+		return errors.New("nbd detach needs a DEVICE, e.g. /dev/nbd0")
+	}
 	if err := kernel.Detach(index); err != nil {
 		return err
 	}
@@ -107,8 +130,9 @@ func parseDevice(s string) (int, error) {
 	if s == "" {
 		return -1, nil
 	}
-	n, err := strconv.Atoi(strings.TrimPrefix(strings.TrimPrefix(s, "/dev/"), "nbd"))
-	if err != nil || n < 0 {
+	digits := strings.TrimPrefix(strings.TrimPrefix(s, "/dev/"), "nbd")
+	n, err := strconv.Atoi(digits)
+	if err != nil || n < 0 || strings.TrimLeft(digits, "0123456789") != "" {
 		return 0, fmt.Errorf("device %q: want /dev/nbdN", s)
 	}
 	return n, nil
@@ -142,4 +166,22 @@ func nbdAddress(cfgPath, server string) (string, error) {
 		host = "127.0.0.1"
 	}
 	return net.JoinHostPort(host, port), nil
+}
+
+// notifyReady tells systemd (Type=notify) that the device is attached, so
+// that units ordered after this one (a pool import, a mount) find it.
+func notifyReady() {
+	sock := os.Getenv("NOTIFY_SOCKET")
+	if sock == "" {
+		return
+	}
+	if sock[0] == '@' {
+		sock = "\x00" + sock[1:] // abstract socket
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.Write([]byte("READY=1"))
 }

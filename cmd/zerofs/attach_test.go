@@ -19,6 +19,7 @@ func TestParseDevice(t *testing.T) {
 		{in: "/dev/sda", bad: true},
 		{in: "/dev/nbd-1", bad: true},
 		{in: "/dev/nbd", bad: true},
+		{in: "nbd+5", bad: true},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
 			got, err := parseDevice(tc.in)

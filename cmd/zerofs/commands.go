@@ -309,6 +309,9 @@ func cmdNBD(args []string) error {
 		fmt.Printf("cleared %s: its I/O works again; it holds what was durable when the last run ended (docs/durability.md)\n", name)
 		return nil
 	}
+	if pos[0] == "attach" || pos[0] == "detach" {
+		return fmt.Errorf("nbd %s takes its flags after the word %s: zerofs nbd %s ...", pos[0], pos[0], pos[0])
+	}
 	return fmt.Errorf("unknown nbd subcommand %q: use create, list, resize, delete, clear, attach or detach", pos[0])
 }
 

@@ -275,6 +275,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 // printHowTo tells the user exactly how to attach and mount.
 func printHowTo(cfg *config.Config) {
+	self := os.Args[0] // bin/zerofs under make run, zerofs when installed
 	var b strings.Builder
 	b.WriteString("zerofs is ready.\n")
 	if len(cfg.Servers.NBD.Addresses) > 0 {
@@ -283,8 +284,8 @@ func printHowTo(cfg *config.Config) {
 		if cfg.Servers.Admin.Address != "" {
 			admin = " --admin " + cfg.Servers.Admin.Address
 		}
-		fmt.Fprintf(&b, "  create a device:  zerofs nbd create disk0 --size 10G%s\n", admin)
-		fmt.Fprintf(&b, "  attach it:        sudo bin/zerofs nbd attach disk0 --server %s --device /dev/nbd0\n", net.JoinHostPort(host, port))
+		fmt.Fprintf(&b, "  create a device:  %s nbd create disk0 --size 10G%s\n", self, admin)
+		fmt.Fprintf(&b, "  attach it:        sudo modprobe nbd && sudo %s nbd attach disk0 --server %s --device /dev/nbd0   (stays running)\n", self, net.JoinHostPort(host, port))
 		fmt.Fprintf(&b, "  or inspect it:    nbdinfo nbd://%s:%s/disk0\n", host, port)
 	}
 	if len(cfg.Servers.NFS.Addresses) > 0 {

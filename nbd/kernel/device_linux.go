@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -17,7 +18,9 @@ import (
 )
 
 // Attribute and command numbers of the nbd generic netlink family, from the
-// kernel's include/uapi/linux/nbd-netlink.h (stable ABI since Linux 4.12).
+// kernel's include/uapi/linux/nbd-netlink.h (the family since Linux 4.12; the
+// backend identifier, which adoption and the status checks rely on, is
+// younger: tested on Debian 12's 6.1).
 const (
 	cmdConnect     = 1
 	cmdDisconnect  = 2
@@ -91,9 +94,20 @@ func Attach(ctx context.Context, o Options) (*Device, error) {
 	// being detached (the kernel frees it when its last user lets go:
 	// udev's probe, a lazy unmount) or an earlier attach died and left it
 	// attached. Wait for the first; adopt the second.
+	if errors.Is(err, syscall.EBUSY) && o.Index >= 0 && d.backend() == o.identifier() {
+		if pid := d.attacherAlive(); pid != 0 {
+			d.close()
+			return nil, fmt.Errorf("attach /dev/nbd%d: it is attached to %s %q and kept by process %d (another zerofs nbd attach?)", o.Index, o.Addr, o.Export, pid)
+		}
+	}
 	for wait := time.Now().Add(adoptWait); errors.Is(err, syscall.EBUSY) && o.Index >= 0 &&
 		d.backend() == o.identifier() && time.Now().Before(wait); {
-		time.Sleep(200 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			d.close()
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
 		if conns, _, err = dialAll(ctx, o, o.Connections); err != nil {
 			d.close()
 			return nil, err
@@ -142,15 +156,18 @@ func explain(op string, index int, err error) error {
 	if index >= 0 {
 		dev = fmt.Sprintf("/dev/nbd%d", index)
 	}
+	hint := ""
 	switch {
 	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES):
-		return fmt.Errorf("%s %s: %w (attaching needs root: CAP_SYS_ADMIN)", op, dev, err)
-	case errors.Is(err, syscall.EBUSY):
-		return fmt.Errorf("%s %s: %w (it is attached to something else: nbd-client -d %s, or choose another --device)", op, dev, err, dev)
-	case errors.Is(err, syscall.EINVAL):
-		return fmt.Errorf("%s %s: %w (the kernel refused the parameters: check --block-size, a power of two from 512 to the page size)", op, dev, err)
+		hint = " (this needs root: CAP_SYS_ADMIN)"
+	case op == "attach" && errors.Is(err, syscall.EBUSY):
+		hint = fmt.Sprintf(" (it is attached to something else: zerofs nbd detach %s, or choose another --device)", dev)
+	case op == "attach" && errors.Is(err, syscall.EINVAL):
+		hint = " (the kernel refused the parameters: --block-size must be a power of two from 512 to the page size; more than one --connections needs a server that allows it)"
+	case op == "detach" && errors.Is(err, syscall.EINVAL):
+		hint = " (no such nbd device)"
 	}
-	return fmt.Errorf("%s %s: %w", op, dev, err)
+	return fmt.Errorf("%s %s: %w%s", op, dev, err, hint)
 }
 
 // Keep holds the device connected until ctx ends or the device is
@@ -170,10 +187,20 @@ func explain(op string, index int, err error) error {
 // interrupted, docs/durability.md): the reconnect makes that error reach the
 // filesystem at once instead of after DeadTimeout.
 func (d *Device) Keep(ctx context.Context) error {
-	defer d.close()
+	// The watcher reads a socket that d.close closes: it must be gone
+	// first, or its fd number could be reused (by Detach's socket) under it.
+	wctx, stopWatch := context.WithCancel(ctx)
 	dead := make(chan struct{}, 1)
 	watchErr := make(chan error, 1)
-	go func() { watchErr <- d.watchDead(ctx, dead) }()
+	go func() { watchErr <- d.watchDead(wctx, dead) }()
+	defer func() {
+		stopWatch()
+		select {
+		case <-watchErr:
+		case <-time.After(3 * time.Second): // its reads time out after 1 s
+		}
+		d.close()
+	}()
 	tick := time.NewTicker(statusEvery)
 	defer tick.Stop()
 	for {
@@ -181,6 +208,7 @@ func (d *Device) Keep(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case err := <-watchErr:
+			watchErr <- err // for the deferred wait
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -191,7 +219,7 @@ func (d *Device) Keep(ctx context.Context) error {
 				d.o.Logf("status of /dev/nbd%d: %v", d.Index, err)
 				continue
 			}
-			if !ok {
+			if !ok || d.ownedByOther() {
 				return ErrDetached
 			}
 		case <-dead:
@@ -207,6 +235,7 @@ func (d *Device) reconnect(ctx context.Context) {
 	backoff := 100 * time.Millisecond
 	start := time.Now()
 	var lastErr string
+	var lastCheck time.Time
 	for fixed := 0; ctx.Err() == nil; {
 		conns, info, err := dialAll(ctx, d.o, 1)
 		if err == nil && info.Size != d.Size {
@@ -233,13 +262,18 @@ func (d *Device) reconnect(ctx context.Context) {
 				continue
 			}
 			err = fmt.Errorf("reconfigure: %w", err)
-			if ok, serr := d.connected(); serr == nil && !ok {
-				return // detached meanwhile: Keep's status check says so
-			}
 		}
 		if msg := err.Error(); msg != lastErr {
 			d.o.Logf("/dev/nbd%d lost its connection; reconnecting to %s: %v", d.Index, d.o.Addr, err)
 			lastErr = msg
+		}
+		// Detached meanwhile (zerofs nbd detach while zerofs is down), or
+		// attached to another backend: stop; Keep's status check says which.
+		if time.Since(lastCheck) >= time.Second {
+			lastCheck = time.Now()
+			if ok, serr := d.connected(); serr == nil && (!ok || d.ownedByOther()) {
+				return
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -352,6 +386,31 @@ func (d *Device) connected() (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// ownedByOther reports whether the device now belongs to another backend
+// (detached and attached again elsewhere). Kernels without the backend
+// attribute in sysfs never say so.
+func (d *Device) ownedByOther() bool {
+	b := d.backend()
+	return b != "" && b != d.o.identifier()
+}
+
+// attacherAlive reports the pid of a live process that attached the device
+// (/sys/block/nbdN/pid), 0 if none.
+func (d *Device) attacherAlive() int {
+	b, err := os.ReadFile(fmt.Sprintf("/sys/block/nbd%d/pid", d.Index))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 || pid == os.Getpid() {
+		return 0
+	}
+	if syscall.Kill(pid, 0) == nil || errors.Is(syscall.Kill(pid, 0), syscall.EPERM) {
+		return pid
+	}
+	return 0
 }
 
 // backend is the identifier the device was attached with ("" if none).
