@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -210,7 +211,10 @@ func TestStalledConnectionIsReset(t *testing.T) {
 	// Connection 2's write cannot be read: no request memory. It is reset.
 	c2 := dial()
 	defer c2.Close()
-	if _, err := c2.send(cmdWrite, 0, x, 4096, bytes.Repeat([]byte{0xaa}, 4096)); err != nil {
+	// On a loaded machine the reset may come before the write is even
+	// sent (its reader waited MaxReadWait for memory to read the next
+	// request): the send then fails with a reset, which is the point too.
+	if _, err := c2.send(cmdWrite, 0, x, 4096, bytes.Repeat([]byte{0xaa}, 4096)); err != nil && !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
 		t.Fatal(err)
 	}
 	c2.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
