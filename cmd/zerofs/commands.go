@@ -219,7 +219,7 @@ func cmdNBD(args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	needName := func() (string, error) {
-		if len(pos) != 2 {
+		if len(pos) != 2 || pos[1] == "" {
 			return "", fmt.Errorf("nbd %s needs exactly one device NAME", pos[0])
 		}
 		return pos[1], nil

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 )
@@ -86,9 +87,14 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 
 func newFlags(name, usageLine string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	// The flag package's own error line is dropped: main prints the error
+	// once, after the usage.
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: zerofs %s\n\nFlags:\n", usageLine)
+		fs.SetOutput(os.Stderr)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
 	return fs
 }
