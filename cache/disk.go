@@ -113,6 +113,21 @@ type DiskStats struct {
 	Scanning    bool          // the scan is rebuilding the index (after a crash)
 }
 
+// IndexState says how the index came back at open: "rebuilding" (the scan
+// after a crash is running), "loaded" (from index.snap), "rebuilt" (the
+// scan finished) or "new" (nothing to bring back).
+func (s DiskStats) IndexState() string {
+	switch {
+	case s.Scanning:
+		return "rebuilding"
+	case s.IndexLoaded:
+		return "loaded"
+	case s.ScanTime > 0:
+		return "rebuilt"
+	}
+	return "new"
+}
+
 // SlotSize is the size of the cache's slots (0 if disabled).
 func (d *Disk) SlotSize() int {
 	if d.f == nil {

@@ -55,11 +55,12 @@ type conn struct {
 	br  *bufio.Reader
 	bw  *bufio.Writer // negotiation only; transmission writes with writev
 
-	mu           sync.Mutex // guards interrupted, transmitting, drainEnd and deadline changes
-	interrupted  bool       // Shutdown asked the reader to stop
-	transmitting bool       // negotiation is over
-	drainEnd     time.Time  // Shutdown: the reader reads no new request after this time
-	readingBody  bool       // the reader is inside a WRITE's payload
+	mu           sync.Mutex  // guards interrupted, transmitting, drainEnd and deadline changes
+	interrupted  bool        // Shutdown asked the reader to stop
+	draining     atomic.Bool // interrupted, read without the lock on the read path
+	transmitting bool        // negotiation is over
+	drainEnd     time.Time   // Shutdown: the reader reads no new request after this time
+	readingBody  atomic.Bool // the reader is inside a WRITE's payload (see StopReading)
 
 	dead atomic.Bool // the socket was closed on us or by us: drop replies
 
@@ -138,14 +139,6 @@ func (c *conn) setReadDeadline(t time.Time) {
 	c.nc.SetReadDeadline(t)
 }
 
-// inBody records whether the reader is inside a payload, so that a
-// shutdown beginning meanwhile does not cut it (see StopReading).
-func (c *conn) inBody(b bool) {
-	c.mu.Lock()
-	c.readingBody = b
-	c.mu.Unlock()
-}
-
 // A shutdown drains a connection in transmission before it closes it: the
 // reader goes on reading requests until none has come for drainIdle (or for
 // at most drainMax), and every request read is answered.
@@ -171,13 +164,17 @@ func (c *conn) StopReading() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.interrupted = true
+	c.draining.Store(true)
 	if !c.transmitting {
 		c.nc.SetReadDeadline(aLongTimeAgo)
 		return
 	}
 	now := time.Now()
 	c.drainEnd = now.Add(drainMax)
-	if c.readingBody {
+	// A payload being read keeps setReadDeadline's longer deadline. The
+	// reader sets readingBody before it sets that deadline, so either
+	// order of the two goroutines ends with it.
+	if c.readingBody.Load() {
 		c.nc.SetReadDeadline(c.drainEnd.Add(drainMax))
 		return
 	}
@@ -197,13 +194,14 @@ func (c *conn) beginTransmission() {
 }
 
 // armRequestRead sets the deadline for reading the next request header:
-// none normally; while draining, drainIdle from now (never past drainEnd).
+// none normally (no lock taken: this is on every request's path); while
+// draining, drainIdle from now (never past drainEnd).
 func (c *conn) armRequestRead() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.interrupted {
+	if !c.draining.Load() {
 		return
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	t := time.Now().Add(drainIdle)
 	if t.After(c.drainEnd) {
 		t = c.drainEnd
@@ -367,10 +365,10 @@ func (c *conn) readLoop() (disc bool) {
 				// socket: TCP back-pressure, not buffering. A client
 				// that stops half-way through a payload holds shared
 				// memory: it gets MaxReadWait to send the rest.
-				c.inBody(true)
+				c.readingBody.Store(true)
 				c.setReadDeadline(time.Now().Add(c.s.opts.MaxReadWait))
 				_, err = io.ReadFull(c.br, payload)
-				c.inBody(false)
+				c.readingBody.Store(false)
 				c.setReadDeadline(time.Time{})
 				if errors.Is(err, os.ErrDeadlineExceeded) && !c.wasInterrupted() {
 					c.freePayload(payload)

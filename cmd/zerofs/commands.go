@@ -121,15 +121,12 @@ func cmdStatus(args []string) error {
 		fmt.Fprintf(w, "memory cache\t%d of %d bytes, %d hits, %d misses\n", s.Cache.Bytes, s.Cache.Capacity, s.Cache.Hits, s.Cache.Misses)
 	}
 	if d := s.DiskCache; d != nil && d.SlotsTotal > 0 {
-		index := "new"
-		switch {
-		case d.Scanning:
-			index = "being rebuilt (the last run did not stop cleanly): misses go to the store meanwhile"
-		case d.IndexLoaded:
-			index = fmt.Sprintf("loaded at start in %s", d.ScanTime.Round(time.Millisecond))
-		case d.ScanTime > 0:
-			index = fmt.Sprintf("rebuilt after an unclean stop in %s", d.ScanTime.Round(time.Millisecond))
-		}
+		index := map[string]string{
+			"rebuilding": "being rebuilt (the last run did not stop cleanly): misses go to the store meanwhile",
+			"loaded":     fmt.Sprintf("loaded at start in %s", d.ScanTime.Round(time.Millisecond)),
+			"rebuilt":    fmt.Sprintf("rebuilt after an unclean stop in %s", d.ScanTime.Round(time.Millisecond)),
+			"new":        "new",
+		}[d.IndexState()]
 		fmt.Fprintf(w, "disk cache\t%d of %d slots, %d hits, %d misses; index %s\n", d.SlotsUsed, d.SlotsTotal, d.Hits, d.Misses, index)
 	}
 	fmt.Fprintf(w, "store reads\t%d requests, %d bytes\n", s.StoreGets, s.StoreGetBytes)

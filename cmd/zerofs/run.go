@@ -248,15 +248,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	// From exec to serving: what a planned restart costs clients.
 	index := "none"
 	if st := f.Status().DiskCache; st != nil && st.SlotsTotal > 0 {
-		switch {
-		case st.Scanning:
+		index = st.IndexState()
+		if index == "rebuilding" {
 			index = "rebuilding in the background"
-		case st.IndexLoaded:
-			index = "loaded"
-		case st.ScanTime > 0:
-			index = "rebuilt"
-		default:
-			index = "new"
 		}
 	}
 	log.Info("serving", "start_to_serving", time.Since(processStart).Round(time.Millisecond), "disk_cache_index", index)

@@ -54,27 +54,30 @@ const (
 // then keeps it connected. When o.Index names a device that is already
 // connected to this same export (an earlier `zerofs nbd attach` that
 // exited without detaching), Attach adopts it instead of failing.
-func Attach(ctx context.Context, o Options) (*Device, error) {
+func Attach(ctx context.Context, o Options) (_ *Device, err error) {
 	o = o.withDefaults()
 	c, err := dialGenl()
 	if err != nil {
 		return nil, err
 	}
+	d := &Device{o: o, c: c, Index: o.Index}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
 	fam, groups, err := nbdFamily(c)
 	if err != nil {
-		c.Close()
 		return nil, err
 	}
-	d := &Device{o: o, c: c, family: fam, Index: o.Index}
+	d.family = fam
 	// Subscribe before connecting, so a connection that dies at once is
 	// not missed.
 	if d.watch, err = d.subscribe(groups); err != nil {
-		c.Close()
 		return nil, err
 	}
 	conns, info, err := dialAll(ctx, o, o.Connections)
 	if err != nil {
-		d.close()
 		return nil, err
 	}
 	d.Size, d.ReadOnly = info.Size, info.ReadOnly()
@@ -93,37 +96,35 @@ func Attach(ctx context.Context, o Options) (*Device, error) {
 	// EBUSY on a device that was attached to this export: either it is
 	// being detached (the kernel frees it when its last user lets go:
 	// udev's probe, a lazy unmount) or an earlier attach died and left it
-	// attached. Wait for the first; adopt the second.
-	if errors.Is(err, syscall.EBUSY) && o.Index >= 0 && d.backend() == o.identifier() {
+	// attached. Wait for the first; adopt the second. A device another
+	// live attach keeps is refused.
+	ours := func() bool {
+		return errors.Is(err, syscall.EBUSY) && o.Index >= 0 && d.backend() == o.identifier()
+	}
+	if ours() {
 		if pid := d.attacherAlive(); pid != 0 {
-			d.close()
 			return nil, fmt.Errorf("attach /dev/nbd%d: it is attached to %s %q and kept by process %d (another zerofs nbd attach?)", o.Index, o.Addr, o.Export, pid)
 		}
 	}
-	for wait := time.Now().Add(adoptWait); errors.Is(err, syscall.EBUSY) && o.Index >= 0 &&
-		d.backend() == o.identifier() && time.Now().Before(wait); {
+	for wait := time.Now().Add(adoptWait); ours() && time.Now().Before(wait); {
 		select {
 		case <-ctx.Done():
-			d.close()
 			return nil, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
 		if conns, _, err = dialAll(ctx, o, o.Connections); err != nil {
-			d.close()
 			return nil, err
 		}
 		replies, err = d.withSockets(conns, cmdConnect, as)
 	}
-	if errors.Is(err, syscall.EBUSY) && o.Index >= 0 && d.backend() == o.identifier() {
+	if ours() {
 		o.Logf("/dev/nbd%d is already attached to %s %q: adopting it", o.Index, o.Addr, o.Export)
-		d.Size = info.Size
 		// Its sockets may have died with the attach that made it: give it
 		// fresh ones (the kernel ignores those it has no dead socket for).
 		d.reconnect(ctx)
 		return d, nil
 	}
 	if err != nil {
-		d.close()
 		return nil, explain("attach", o.Index, err)
 	}
 	for _, r := range replies {
@@ -132,7 +133,6 @@ func Attach(ctx context.Context, o Options) (*Device, error) {
 		}
 	}
 	if d.Index < 0 {
-		d.close()
 		return nil, errors.New("attach: the kernel did not say which device it used")
 	}
 	return d, nil
