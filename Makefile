@@ -46,7 +46,7 @@ unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 fuzz-quick:
-	FUZZTIME=3s ./scripts/fuzz.sh
+	FUZZTIME=2000x ./scripts/fuzz.sh
 
 fuzz:
 	FUZZTIME=$${FUZZTIME:-60s} ./scripts/fuzz.sh
