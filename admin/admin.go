@@ -3,7 +3,7 @@
 // /metrics page. It listens on loopback by default and has no authentication:
 // anyone who can reach it can create and delete devices.
 //
-//	GET    /v1/status              fs.Status
+//	GET    /v1/status              Status (fs.Status, and the NBD TLS certificate)
 //	GET    /v1/exports             [{"name":..., "size":...}]
 //	POST   /v1/exports             {"name":..., "size":...}  create
 //	PUT    /v1/exports/{name}      {"size":...}              resize
@@ -22,13 +22,17 @@ import (
 	"syscall"
 
 	"zerofs/fs"
+	"zerofs/internal/pki"
 	"zerofs/nbd"
 )
 
 // Handler returns the admin HTTP handler for f. metrics, if not nil, serves /metrics.
-func Handler(f *fs.FS, metrics http.Handler, log *slog.Logger) http.Handler {
+//
+// tlsStatus, if set, describes the NBD server's TLS certificate for
+// GET /v1/status.
+func Handler(f *fs.FS, metrics http.Handler, log *slog.Logger, tlsStatus func() pki.Status) http.Handler {
 	mux := http.NewServeMux()
-	h := &handler{f: f, log: log}
+	h := &handler{f: f, log: log, tlsStatus: tlsStatus}
 	mux.HandleFunc("GET /v1/status", h.status)
 	mux.HandleFunc("GET /v1/exports", h.listExports)
 	mux.HandleFunc("POST /v1/exports", h.createExport)
@@ -42,8 +46,16 @@ func Handler(f *fs.FS, metrics http.Handler, log *slog.Logger) http.Handler {
 }
 
 type handler struct {
-	f   *fs.FS
-	log *slog.Logger
+	f         *fs.FS
+	log       *slog.Logger
+	tlsStatus func() pki.Status
+}
+
+// Status is the reply to GET /v1/status: the filesystem's status and, when
+// NBD serves TLS, its certificate.
+type Status struct {
+	fs.Status
+	NBDTLS *pki.Status `json:"nbd_tls,omitempty"`
 }
 
 // Export is one NBD device as the API shows it.
@@ -81,7 +93,12 @@ func (h *handler) fail(w http.ResponseWriter, err error) {
 }
 
 func (h *handler) status(w http.ResponseWriter, r *http.Request) {
-	h.reply(w, http.StatusOK, h.f.Status())
+	s := Status{Status: h.f.Status()}
+	if h.tlsStatus != nil {
+		st := h.tlsStatus()
+		s.NBDTLS = &st
+	}
+	h.reply(w, http.StatusOK, s)
 }
 
 func (h *handler) listExports(w http.ResponseWriter, r *http.Request) {
@@ -211,8 +228,8 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	return nil
 }
 
-func (c *Client) Status(ctx context.Context) (fs.Status, error) {
-	var s fs.Status
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
 	return s, c.do(ctx, http.MethodGet, "/v1/status", nil, &s)
 }
 

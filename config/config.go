@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -82,8 +83,29 @@ type Servers struct {
 	Admin Admin `toml:"admin"`
 }
 
+// NBD is the NBD server: where it listens, who may connect, TLS, and which
+// client certificate may use which export (docs/security.md).
 type NBD struct {
-	Addresses []string `toml:"addresses"`
+	Addresses       []string `toml:"addresses"`
+	AllowedNetworks []string `toml:"allowed_networks"`
+	// TLS is "off", "on" (offered) or "require"; the certificates
+	// directory has qemu's and nbdkit's layout (ca-cert.pem,
+	// server-cert.pem, server-key.pem).
+	TLS             string      `toml:"tls"`
+	TLSCertificates string      `toml:"tls_certificates"`
+	TLSVerifyPeer   bool        `toml:"tls_verify_peer"`
+	TLSMinVersion   string      `toml:"tls_min_version"`
+	Access          []NBDAccess `toml:"access"`
+	// MaxPayloadMB is the largest READ or WRITE served (32 MiB is
+	// advertised whatever it is).
+	MaxPayloadMB int `toml:"max_payload_mb"`
+}
+
+// NBDAccess lets clients whose verified certificate name matches Client use
+// the exports matching Exports (path.Match patterns).
+type NBDAccess struct {
+	Client  string   `toml:"client"`
+	Exports []string `toml:"exports"`
 }
 
 type NFS struct {
@@ -130,7 +152,8 @@ func Defaults() Config {
 		WAL:     WAL{FlushInterval: Duration{time.Second}, BatchSizeMB: 16, MaxDirtyMB: 256, MaxRequestMB: 128, MaxReadWait: Duration{20 * time.Second}, InFlight: 4},
 		AWS:     AWS{Region: "us-east-1"},
 		Servers: Servers{
-			NBD:   NBD{Addresses: []string{"127.0.0.1:10809"}},
+			NBD: NBD{Addresses: []string{"127.0.0.1:10809"}, AllowedNetworks: []string{"127.0.0.0/8", "::1/128"},
+				TLS: "off", TLSMinVersion: "1.3", MaxPayloadMB: 64},
 			NFS:   NFS{Addresses: []string{"127.0.0.1:2049"}, AllowedNetworks: []string{"127.0.0.0/8", "::1/128"}},
 			Admin: Admin{Address: "127.0.0.1:7311"},
 		},
@@ -332,9 +355,49 @@ func (c *Config) validate() error {
 			return c.keyErr("servers.admin.address", "%q is not host:port", a)
 		}
 	}
-	for _, n := range c.Servers.NFS.AllowedNetworks {
-		if _, err := netip.ParsePrefix(n); err != nil {
-			return c.keyErr("servers.nfs.allowed_networks", "%q is not a network like \"10.0.0.0/8\"", n)
+	for _, l := range []struct {
+		key  string
+		nets []string
+	}{{"servers.nbd.allowed_networks", c.Servers.NBD.AllowedNetworks}, {"servers.nfs.allowed_networks", c.Servers.NFS.AllowedNetworks}} {
+		for _, n := range l.nets {
+			if _, err := netip.ParsePrefix(n); err != nil {
+				return c.keyErr(l.key, "%q is not a network like \"10.0.0.0/8\"", n)
+			}
+		}
+	}
+	return c.validateNBD()
+}
+
+func (c *Config) validateNBD() error {
+	n := c.Servers.NBD
+	switch n.TLS {
+	case "off", "on", "require":
+	default:
+		return c.keyErr("servers.nbd.tls", "must be \"off\", \"on\" (offered) or \"require\", got %q", n.TLS)
+	}
+	switch {
+	case n.TLS != "off" && n.TLSCertificates == "":
+		return c.keyErr("servers.nbd.tls_certificates", "must name the certificates directory (ca-cert.pem, server-cert.pem, server-key.pem) when tls is %q", n.TLS)
+	case n.TLSVerifyPeer && n.TLS == "off":
+		return c.keyErr("servers.nbd.tls_verify_peer", "needs servers.nbd.tls = \"on\" or \"require\"")
+	case len(n.Access) > 0 && !n.TLSVerifyPeer:
+		return c.keyErr("servers.nbd.access", "rules match verified client certificates: set servers.nbd.tls_verify_peer = true")
+	case n.TLSMinVersion != "1.2" && n.TLSMinVersion != "1.3":
+		return c.keyErr("servers.nbd.tls_min_version", "must be \"1.2\" or \"1.3\", got %q", n.TLSMinVersion)
+	case n.MaxPayloadMB < 32 || n.MaxPayloadMB > 256:
+		return c.keyErr("servers.nbd.max_payload_mb", "must be between 32 and 256, got %d", n.MaxPayloadMB)
+	}
+	for i, a := range n.Access {
+		if a.Client == "" {
+			return c.keyErr("servers.nbd.access", "rule %d: client is empty (a certificate name or pattern such as \"db-*.example.com\")", i+1)
+		}
+		if len(a.Exports) == 0 {
+			return c.keyErr("servers.nbd.access", "rule %d (client %q): exports is empty", i+1, a.Client)
+		}
+		for _, p := range append([]string{a.Client}, a.Exports...) {
+			if _, err := path.Match(p, ""); err != nil {
+				return c.keyErr("servers.nbd.access", "rule %d: pattern %q: %v", i+1, p, err)
+			}
 		}
 	}
 	return nil

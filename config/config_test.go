@@ -69,6 +69,35 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 		{"bad address", func(s string) string {
 			return strings.Replace(s, `addresses = ["127.0.0.1:10809"]`, `addresses = ["localhost"]`, 1)
 		}, nil, "servers.nbd.addresses", "host:port"},
+		{"bad NBD network", func(s string) string {
+			return strings.Replace(s, `allowed_networks = ["127.0.0.0/8", "::1/128"]`, `allowed_networks = ["10.0.0.0/33"]`, 1)
+		}, nil, "servers.nbd.allowed_networks", "is not a network"},
+		{"bad tls mode", func(s string) string {
+			return strings.Replace(s, `tls = "off"`, `tls = "yes"`, 1)
+		}, nil, "servers.nbd.tls", `"require"`},
+		{"tls without certificates", func(s string) string {
+			return strings.Replace(s, `tls = "off"`, `tls = "require"`, 1)
+		}, nil, "servers.nbd.tls_certificates", "ca-cert.pem"},
+		{"verify peer without tls", func(s string) string {
+			return strings.Replace(s, `tls_verify_peer = false`, `tls_verify_peer = true`, 1)
+		}, nil, "servers.nbd.tls_verify_peer", "needs servers.nbd.tls"},
+		{"access rules without verified peers", func(s string) string {
+			s = strings.Replace(s, `tls = "off"`, `tls = "require"`, 1)
+			s = strings.Replace(s, `tls_certificates = ""`, `tls_certificates = "/etc/zerofs/pki"`, 1)
+			return strings.Replace(s, "# [[servers.nbd.access]]\n# client = \"db-b.example.com\"\n# exports = [\"region-b-*\"]", "[[servers.nbd.access]]\nclient = \"db-b\"\nexports = [\"b-*\"]", 1)
+		}, nil, "servers.nbd.access", "tls_verify_peer = true"},
+		{"access rule with a bad pattern", func(s string) string {
+			s = strings.Replace(s, `tls = "off"`, `tls = "require"`, 1)
+			s = strings.Replace(s, `tls_certificates = ""`, `tls_certificates = "/etc/zerofs/pki"`, 1)
+			s = strings.Replace(s, `tls_verify_peer = false`, `tls_verify_peer = true`, 1)
+			return strings.Replace(s, "# [[servers.nbd.access]]\n# client = \"db-b.example.com\"\n# exports = [\"region-b-*\"]", "[[servers.nbd.access]]\nclient = \"db-b\"\nexports = [\"b-[\"]", 1)
+		}, nil, "servers.nbd.access", "syntax error in pattern"},
+		{"bad tls version", func(s string) string {
+			return strings.Replace(s, `tls_min_version = "1.3"`, `tls_min_version = "1.1"`, 1)
+		}, nil, "servers.nbd.tls_min_version", `"1.2" or "1.3"`},
+		{"payload limit out of range", func(s string) string {
+			return strings.Replace(s, "max_payload_mb = 64", "max_payload_mb = 16", 1)
+		}, nil, "servers.nbd.max_payload_mb", "between 32 and 256"},
 		{"syntax error", func(s string) string { return s + "\n[gc\n" }, nil, "", "config.toml:"},
 	}
 	for _, tc := range cases {

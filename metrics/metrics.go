@@ -15,6 +15,7 @@ import (
 
 	"zerofs/fs"
 	"zerofs/internal/budget"
+	"zerofs/internal/pki"
 )
 
 // Metrics is one registry of zerofs metrics.
@@ -85,6 +86,25 @@ func (m *Metrics) WatchRequests(b *budget.Budget) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "zerofs_request_waiters",
 			Help: "Connections waiting for request memory: their sockets are not being read (TCP back-pressure)."},
 			func() float64 { return float64(b.Waiting()) }),
+	)
+}
+
+// WatchCertificate exports the NBD server's TLS certificate: when it
+// expires (alert well before: a client cannot connect with an expired one)
+// and whether the last reload failed.
+func (m *Metrics) WatchCertificate(status func() pki.Status) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "zerofs_nbd_tls_certificate_expiry_timestamp_seconds",
+			Help: "When the NBD server's TLS certificate expires (Unix time): alert on time() approaching it."},
+			func() float64 { return float64(status().NotAfter.Unix()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "zerofs_nbd_tls_reload_failed",
+			Help: "1 if the last reload of the NBD certificates failed (the previous ones stay in use), else 0."},
+			func() float64 {
+				if status().ReloadError != "" {
+					return 1
+				}
+				return 0
+			}),
 	)
 }
 

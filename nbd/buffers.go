@@ -5,13 +5,15 @@ import (
 	"sync"
 )
 
-// Payload buffers come from size-class pools (powers of two from 4 KiB to the
-// 32 MiB maximum payload), so a stream of 1 MiB requests does not allocate
-// and collect 1 MiB per request.
+// Payload buffers come from size-class pools (powers of two from 4 KiB to
+// 64 MiB, the default largest request), so a stream of 1 MiB requests does
+// not allocate and collect 1 MiB per request. Larger buffers (a server
+// configured to serve more) are allocated and left to the collector.
 
 const (
 	minClassShift = 12 // 4 KiB
-	maxClassShift = 25 // 32 MiB = maxPayload
+	maxClassShift = 26 // 64 MiB = DefaultMaxPayload
+	maxPooled     = 1 << maxClassShift
 )
 
 var bufPools [maxClassShift - minClassShift + 1]sync.Pool
@@ -25,7 +27,7 @@ func classOf(n int) int {
 
 // getBuf returns a buffer of length n (contents undefined).
 func getBuf(n int) []byte {
-	if n > maxPayload {
+	if n > maxPooled {
 		return make([]byte, n)
 	}
 	c := classOf(n)
@@ -38,7 +40,7 @@ func getBuf(n int) []byte {
 // putBuf returns a buffer from getBuf to its pool.
 func putBuf(b []byte) {
 	c := cap(b)
-	if c < 1<<minClassShift || c > maxPayload || c&(c-1) != 0 {
+	if c < 1<<minClassShift || c > maxPooled || c&(c-1) != 0 {
 		return
 	}
 	b = b[:c]

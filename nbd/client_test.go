@@ -2,11 +2,13 @@ package nbd
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"testing"
 	"time"
 )
 
@@ -65,12 +67,50 @@ func (c *testClient) greet(clientFlags uint32) error {
 	return err
 }
 
-func (c *testClient) sendOption(code uint32, data []byte) error {
-	b := binary.BigEndian.AppendUint64(nil, optMagic)
-	b = binary.BigEndian.AppendUint32(b, code)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
-	_, err := c.nc.Write(append(b, data...))
-	return err
+func (c *testClient) sendOption(code uint32, data []byte) error { return sendOption(c.nc, code, data) }
+
+// greetedClient connects and exchanges the greeting and flags (fixed
+// newstyle, no zeroes), leaving the negotiation to the test.
+func greetedClient(t testing.TB, addr string) *testClient {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(time.Minute))
+	c := &testClient{nc: nc, br: bufio.NewReader(nc)}
+	if err := c.greet(clientFlagFixedNewstyle | clientFlagNoZeroes); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// option sends an option and returns the type of its final reply.
+func (c *testClient) option(t testing.TB, code uint32, data []byte) uint32 {
+	t.Helper()
+	if err := c.sendOption(code, data); err != nil {
+		t.Fatal(err)
+	}
+	replies, err := c.readOptReplies()
+	if err != nil {
+		t.Fatalf("%s: %v", optName(code), err)
+	}
+	return replies[len(replies)-1].typ
+}
+
+// startTLS sends NBD_OPT_STARTTLS, expects its acknowledgement, and goes on
+// over the TLS session.
+func (c *testClient) startTLS(t testing.TB, conf *tls.Config) {
+	t.Helper()
+	if typ := c.option(t, optStartTLS, nil); typ != repAck {
+		t.Fatalf("STARTTLS: reply %s", repName(typ))
+	}
+	tc := tls.Client(c.nc, conf)
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("TLS handshake: %v", err)
+	}
+	c.nc, c.br = tc, bufio.NewReader(tc)
 }
 
 type optReply struct {

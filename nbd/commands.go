@@ -130,7 +130,7 @@ func (c *conn) trim(r request) *reqError {
 
 // zeros is a read-only buffer of zeros for WRITE_ZEROES with NO_HOLE, as
 // large as the largest write, allocated on first use.
-var zeros = sync.OnceValue(func() []byte { return make([]byte, maxPayload) })
+var zeros = sync.OnceValue(func() []byte { return make([]byte, advertisedMaxPayload) })
 
 // writeZeroes punches a hole (fast, one metadata operation at any length)
 // unless the client insists on allocation with NO_HOLE; then it writes

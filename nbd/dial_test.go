@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -19,7 +20,7 @@ func TestDial(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("export", func(t *testing.T) {
-		nc, info, err := Dial(ctx, addr, "disk")
+		nc, info, err := Dial(ctx, addr, "disk", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -38,7 +39,7 @@ func TestDial(t *testing.T) {
 		}
 	})
 	t.Run("unknown export", func(t *testing.T) {
-		_, _, err := Dial(ctx, addr, "nope")
+		_, _, err := Dial(ctx, addr, "nope", nil)
 		if !errors.Is(err, ErrNoExport) {
 			t.Fatalf("got %v, want ErrNoExport", err)
 		}
@@ -58,7 +59,7 @@ func TestDial(t *testing.T) {
 		}()
 		ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 		defer cancel()
-		if _, _, err := Dial(ctx, ln.Addr().String(), "disk"); err == nil {
+		if _, _, err := Dial(ctx, ln.Addr().String(), "disk", nil); err == nil {
 			t.Fatal("handshake with a silent server succeeded")
 		}
 	})
@@ -84,11 +85,28 @@ func FuzzNegotiateGo(f *testing.F) {
 	f.Add(bytes.Join([][]byte{greet, reply(repErrUnknown, []byte("no such export"))}, nil))
 	f.Add(bytes.Join([][]byte{greet, reply(repAck, nil)}, nil))
 	f.Add(greet[:10])
+	tlsReply := binary.BigEndian.AppendUint64(nil, optReplyMagic)
+	tlsReply = binary.BigEndian.AppendUint32(tlsReply, optStartTLS)
+	tlsReply = binary.BigEndian.AppendUint32(tlsReply, repAck)
+	tlsReply = binary.BigEndian.AppendUint32(tlsReply, 0)
+	f.Add(bytes.Join([][]byte{greet, tlsReply, {0x16, 3, 3, 0, 5, 1, 2, 3, 4, 5}}, nil))
+	conf := &tls.Config{InsecureSkipVerify: true}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		rw := struct {
-			io.Reader
-			io.Writer
-		}{bytes.NewReader(in), io.Discard}
-		negotiateGo(rw, "disk")
+		for _, c := range []*tls.Config{nil, conf} {
+			clientHandshake(context.Background(), &byteConn{r: bytes.NewReader(in)}, "disk", c)
+		}
 	})
 }
+
+// byteConn is a net.Conn that reads a fixed input and discards writes.
+type byteConn struct {
+	net.Conn // nil: only the methods below may be called
+	r        io.Reader
+}
+
+func (c *byteConn) Read(p []byte) (int, error)       { return c.r.Read(p) }
+func (c *byteConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (c *byteConn) SetDeadline(time.Time) error      { return nil }
+func (c *byteConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *byteConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *byteConn) Close() error                     { return nil }

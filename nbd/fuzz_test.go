@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"testing"
 )
 
@@ -20,7 +22,7 @@ func FuzzDecodeRequest(f *testing.F) {
 	for _, r := range []request{
 		{typ: cmdRead, off: 0, length: 4096},
 		{typ: cmdWrite, flags: cmdFlagFUA, off: 1 << 20, length: 65536},
-		{typ: cmdWrite, length: maxPayload + 1},
+		{typ: cmdWrite, length: advertisedMaxPayload + 1},
 		{typ: cmdFlush},
 		{typ: cmdTrim, off: 1<<64 - 1, length: 1},
 		{typ: cmdWriteZeroes, flags: cmdFlagNoHole | cmdFlagFastZero, length: 1 << 31},
@@ -60,7 +62,7 @@ func FuzzDecodeRequest(f *testing.F) {
 				t.Fatalf("accepted %+v past the end %d", r, size)
 			case r.typ != cmdFlush && r.off+uint64(r.length) < r.off:
 				t.Fatalf("accepted %+v with an overflowing range", r)
-			case (r.typ == cmdRead || r.typ == cmdWrite) && r.length > maxPayload:
+			case (r.typ == cmdRead || r.typ == cmdWrite) && r.length > advertisedMaxPayload:
 				t.Fatalf("accepted %+v above the maximum payload", r)
 			case s.readOnly && (r.typ == cmdWrite || r.typ == cmdTrim || r.typ == cmdWriteZeroes):
 				t.Fatalf("accepted a write on a read-only export")
@@ -155,17 +157,42 @@ func FuzzNegotiate(f *testing.F) {
 	f.Add(seq(optionBytes(optStartTLS, nil), optionBytes(99, []byte{1, 2, 3}), optionBytes(optGo, nameData("nope", 0, 0))))
 	f.Add(seq(binary.BigEndian.AppendUint32(optionBytes(optInfo, nil)[:12], maxOptionLen+1)))
 	f.Add([]byte{0, 0, 0, 0x10})
+	f.Add(seq(optionBytes(optStartTLS, nil)))
+	f.Add(seq(optionBytes(optStartTLS, []byte{1})))
+	tlsConf := &tls.Config{MinVersion: tls.VersionTLS13}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		br := bufio.NewReader(bytes.NewReader(in))
-		bw := bufio.NewWriter(io.Discard)
-		log := slog.New(slog.DiscardHandler)
-		n, err := negotiate(context.Background(), br, bw, fuzzExports, func() bool { return false }, log)
-		if err == nil {
-			if _, ok := fuzzExports[n.exp.name]; !ok {
-				t.Fatalf("negotiated unknown export %q", n.exp.name)
+		// Each input runs without TLS and with TLS required. With TLS, a
+		// STARTTLS that is the last option starts a handshake on a socket
+		// whose peer is gone (the handshake must fail cleanly); with more
+		// input after it, the connection must be refused.
+		for _, mode := range []TLSMode{TLSOff, TLSRequire} {
+			var access *Access
+			if mode == TLSRequire {
+				access = &Access{Rules: []AccessRule{{Client: "a", Exports: []string{"disk"}}}}
 			}
-			if n.meta && !n.structured {
-				t.Fatal("metadata context without structured replies")
+			raw, peer := net.Pipe()
+			peer.Close()
+			h := &handshake{
+				br: bufio.NewReader(bytes.NewReader(in)), bw: bufio.NewWriter(io.Discard),
+				src: fuzzExports, shuttingDown: func() bool { return false }, log: slog.New(slog.DiscardHandler),
+				tlsMode: mode, tlsConf: tlsConf, raw: raw,
+				access: access,
+			}
+			n, err := h.negotiate(context.Background())
+			raw.Close()
+			if err == nil {
+				if _, ok := fuzzExports[n.exp.name]; !ok {
+					t.Fatalf("negotiated unknown export %q", n.exp.name)
+				}
+				if n.meta && !n.structured {
+					t.Fatal("metadata context without structured replies")
+				}
+				if mode == TLSRequire && n.tls.conn == nil {
+					t.Fatal("TLS required, but transmission began in plaintext")
+				}
+				if access != nil && n.tls.names == nil {
+					t.Fatalf("export %q opened by a client no access rule allows", n.exp.name)
+				}
 			}
 		}
 	})

@@ -3,11 +3,13 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 )
 
 // Fixed-newstyle negotiation (the only style served: oldstyle is obsolete and
@@ -17,11 +19,15 @@ import (
 //   - Clients that do not set NBD_FLAG_C_FIXED_NEWSTYLE are still answered
 //     in fixed newstyle (the spec allows it; such clients only ever send
 //     NBD_OPT_EXPORT_NAME, whose reply is the same either way).
-//   - NBD_OPT_STARTTLS: NBD_REP_ERR_POLICY. zerofs serves NBD without TLS
-//     (NOTLS mode), on loopback or trusted networks only.
+//   - NBD_OPT_STARTTLS: per Options.TLSMode (tls.go). A client that sends
+//     bytes after STARTTLS before the reply is closed: they were sent in
+//     plaintext and cannot be part of the TLS session.
+//   - Exports a client may not use (access.go) are left out of
+//     NBD_OPT_LIST and refused with NBD_REP_ERR_POLICY.
 //   - NBD_OPT_INFO/GO always send NBD_INFO_EXPORT and NBD_INFO_BLOCK_SIZE
 //     (minimum 1, preferred 4096, maximum payload 32 MiB: the spec's
-//     defaults, so clients that never ask are treated the same), and
+//     defaults; larger requests are served up to Options.MaxPayload, see
+//     protocol.go), and
 //     NBD_INFO_NAME / NBD_INFO_DESCRIPTION when asked.
 //   - Metadata-context options on an unknown export: NBD_REP_ERR_UNKNOWN.
 //   - NBD_OPT_LIST when the export directory cannot be read: the error
@@ -39,20 +45,32 @@ import (
 type negotiated struct {
 	exp        export
 	structured bool
-	meta       bool // base:allocation selected for exp
+	meta       bool     // base:allocation selected for exp
+	tls        tlsState // the TLS session, if one was started
 }
 
 // errAbort: the client ended negotiation with NBD_OPT_ABORT (a soft
 // disconnect, not an error).
 var errAbort = errors.New("client aborted negotiation")
 
-// handshake carries negotiation state.
+// handshake carries negotiation state. Build one with its fields, then
+// call negotiate.
 type handshake struct {
 	br           *bufio.Reader
 	bw           *bufio.Writer
 	src          exportSource
 	shuttingDown func() bool
 	log          *slog.Logger
+
+	// TLS: the mode, the configuration (nil with TLSOff), and the socket
+	// the session is started on. startTLS replaces br and bw with readers
+	// and writers of the TLS session.
+	tlsMode TLSMode
+	tlsConf *tls.Config
+	raw     net.Conn
+	tls     tlsState
+	access  *Access
+	refused bool // a plaintext option was refused for lack of TLS (logged once)
 
 	noZeroes   bool
 	structured bool
@@ -62,10 +80,9 @@ type handshake struct {
 
 // negotiate runs the handshake: greeting, client flags, then options until
 // the client enters transmission (NBD_OPT_GO or NBD_OPT_EXPORT_NAME), aborts
-// (errAbort), or something fails. It reads from br and writes to bw; the
+// (errAbort), or something fails. It reads from h.br and writes to h.bw; the
 // caller enforces the handshake deadline on the underlying connection.
-func negotiate(ctx context.Context, br *bufio.Reader, bw *bufio.Writer, src exportSource, shuttingDown func() bool, log *slog.Logger) (*negotiated, error) {
-	h := &handshake{br: br, bw: bw, src: src, shuttingDown: shuttingDown, log: log}
+func (h *handshake) negotiate(ctx context.Context) (*negotiated, error) {
 	return h.run(ctx)
 }
 
@@ -132,6 +149,15 @@ func (h *handshake) option(ctx context.Context, code uint32, data []byte) (*nego
 		_ = h.reply(code, repAck, nil)
 		return nil, errAbort
 	}
+	if h.tlsMode == TLSRequire && h.tls.conn == nil && code != optStartTLS {
+		// FORCEDTLS: nothing is answered in plaintext, not even errors
+		// about the option's data.
+		h.refusePlaintext(code)
+		if code == optExportName {
+			return nil, errors.New("NBD_OPT_EXPORT_NAME before TLS with tls = \"require\": closing (this option has no error reply)")
+		}
+		return nil, h.replyError(code, optErrorf(repErrTLSReqd, "this server requires TLS: send NBD_OPT_STARTTLS first"))
+	}
 	if code == optExportName {
 		if oerr != nil {
 			return nil, fmt.Errorf("%s: %v: closing (this option has no error reply)", optName(code), oerr)
@@ -148,7 +174,7 @@ func (h *handshake) option(ctx context.Context, code uint32, data []byte) (*nego
 	case optList:
 		return nil, h.list(ctx)
 	case optStartTLS:
-		return nil, h.replyError(code, optErrorf(repErrPolicy, "TLS is not supported: zerofs serves NBD on trusted networks only"))
+		return nil, h.startTLS(ctx)
 	case optStructuredReply:
 		h.structured = true
 		return nil, h.reply(code, repAck, nil)
@@ -167,6 +193,9 @@ func (h *handshake) exportName(ctx context.Context, name string) (*negotiated, e
 	if h.shuttingDown() {
 		return nil, errors.New("NBD_OPT_EXPORT_NAME while shutting down: closing")
 	}
+	if err := h.mayUse(optExportName, name); err != nil {
+		return nil, fmt.Errorf("NBD_OPT_EXPORT_NAME %q: %s: closing (this option has no error reply)", name, err.msg)
+	}
 	exp, err := h.src.lookup(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("NBD_OPT_EXPORT_NAME %q: %w: closing (this option has no error reply)", name, err)
@@ -179,7 +208,7 @@ func (h *handshake) exportName(ctx context.Context, name string) (*negotiated, e
 }
 
 func (h *handshake) result(exp export) *negotiated {
-	return &negotiated{exp: exp, structured: h.structured, meta: h.metaSet && h.metaExport == exp.name}
+	return &negotiated{exp: exp, structured: h.structured, meta: h.metaSet && h.metaExport == exp.name, tls: h.tls}
 }
 
 // transmissionFlags are the flags advertised for exp.
@@ -210,6 +239,9 @@ func (h *handshake) list(ctx context.Context) error {
 		return h.replyError(optList, optErrorf(repErrUnknown, "cannot list exports: %v", err))
 	}
 	for _, e := range exps {
+		if !h.access.allows(h.tls.names, e.Name) {
+			continue
+		}
 		if err := h.queue(optList, repServer, serverReplyData(e.Name, "")); err != nil {
 			return err
 		}
@@ -219,6 +251,9 @@ func (h *handshake) list(ctx context.Context) error {
 
 // info handles NBD_OPT_INFO and NBD_OPT_GO.
 func (h *handshake) info(ctx context.Context, o option) (*negotiated, error) {
+	if err := h.mayUse(o.code, o.name); err != nil {
+		return nil, h.replyError(o.code, err)
+	}
 	exp, err := h.src.lookup(ctx, o.name)
 	if err != nil {
 		return nil, h.replyError(o.code, optErrorf(repErrUnknown, "export %q: %v", o.name, err))
@@ -242,7 +277,7 @@ func (h *handshake) info(ctx context.Context, o option) (*negotiated, error) {
 			}
 		}
 	}
-	if err := h.queue(o.code, repInfo, infoBlockSizeData(minBlockSize, preferredBlockSize, maxPayload)); err != nil {
+	if err := h.queue(o.code, repInfo, infoBlockSizeData(minBlockSize, preferredBlockSize, advertisedMaxPayload)); err != nil {
 		return nil, err
 	}
 	if err := h.reply(o.code, repAck, nil); err != nil {
@@ -270,6 +305,9 @@ func (h *handshake) metaContext(ctx context.Context, o option) error {
 	}
 	if !h.structured {
 		return h.replyError(o.code, optErrorf(repErrInvalid, "%s requires NBD_OPT_STRUCTURED_REPLY first", optName(o.code)))
+	}
+	if err := h.mayUse(o.code, o.name); err != nil {
+		return h.replyError(o.code, err)
 	}
 	if _, err := h.src.lookup(ctx, o.name); err != nil {
 		return h.replyError(o.code, optErrorf(repErrUnknown, "export %q: %v", o.name, err))

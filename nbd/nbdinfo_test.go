@@ -80,8 +80,8 @@ func TestNbdinfoListsExports(t *testing.T) {
 			if e.Size != w.size {
 				t.Errorf("%s: size %d, want %d", e.Name, e.Size, w.size)
 			}
-			if e.BlockMin != minBlockSize || e.BlockPref != preferredBlockSize || e.BlockMax != maxPayload {
-				t.Errorf("%s: block sizes %d/%d/%d, want %d/%d/%d", e.Name, e.BlockMin, e.BlockPref, e.BlockMax, minBlockSize, preferredBlockSize, maxPayload)
+			if e.BlockMin != minBlockSize || e.BlockPref != preferredBlockSize || e.BlockMax != advertisedMaxPayload {
+				t.Errorf("%s: block sizes %d/%d/%d, want %d/%d/%d", e.Name, e.BlockMin, e.BlockPref, e.BlockMax, minBlockSize, preferredBlockSize, advertisedMaxPayload)
 			}
 			if e.ReadOnly != w.readOnly {
 				t.Errorf("%s: read-only %v, want %v", e.Name, e.ReadOnly, w.readOnly)

@@ -149,12 +149,25 @@ const (
 	metaBaseAllocationID = 1
 )
 
-// Size constraints advertised with NBD_INFO_BLOCK_SIZE. They are the spec's
-// defaults, so clients that never ask (NBD_OPT_EXPORT_NAME) are treated alike.
+// Size constraints advertised with NBD_INFO_BLOCK_SIZE: the spec's defaults,
+// so clients that ask and clients that never do are told the same.
+//
+// What is served is larger: Options.MaxPayload (DefaultMaxPayload). The
+// spec lets a server refuse requests above its advertised maximum, but
+// clients that negotiated no block size (NBD_OPT_EXPORT_NAME, the kernel
+// before it learned NBD_OPT_GO, nbd-tester-client's integrityhuge) send
+// READs and WRITEs above 32 MiB, and nbd-server and nbdkit serve them.
 const (
-	minBlockSize       = 1
-	preferredBlockSize = 4096
-	maxPayload         = 32 << 20
+	minBlockSize         = 1
+	preferredBlockSize   = 4096
+	advertisedMaxPayload = 32 << 20
+)
+
+// DefaultMaxPayload is the largest READ or WRITE served when
+// Options.MaxPayload is zero; MaxMaxPayload bounds what may be configured.
+const (
+	DefaultMaxPayload = 64 << 20
+	MaxMaxPayload     = 256 << 20
 )
 
 // Bounds on what a client may make us read during negotiation.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"zerofs/fs"
+	"zerofs/internal/budget"
 	"zerofs/internal/testutil"
 )
 
@@ -268,9 +269,9 @@ func TestRequestErrors(t *testing.T) {
 		{name: "read past the end", typ: cmdRead, off: protoDiskSize - 10, length: 20, want: errInval},
 		{name: "read at offset overflow", typ: cmdRead, off: 1<<64 - 10, length: 20, want: errInval},
 		{name: "write past the end", typ: cmdWrite, off: protoDiskSize - 10, length: 20, payload: 20, want: errNoSpc},
-		{name: "write above the maximum payload", typ: cmdWrite, length: maxPayload + 1, payload: maxPayload + 1, want: errInval},
-		{name: "read above the maximum (simple)", typ: cmdRead, length: maxPayload + 1, want: errInval},
-		{name: "read above the maximum (structured)", o: structured, typ: cmdRead, length: maxPayload + 1, want: errOverflow},
+		{name: "write above the maximum payload", typ: cmdWrite, length: DefaultMaxPayload + 1, payload: DefaultMaxPayload + 1, want: errInval},
+		{name: "read above the maximum (simple)", typ: cmdRead, length: DefaultMaxPayload + 1, want: errInval},
+		{name: "read above the maximum (structured)", o: structured, typ: cmdRead, length: DefaultMaxPayload + 1, want: errOverflow},
 		{name: "unknown command", typ: 99, off: 0, length: 512, want: errInval},
 		{name: "unknown command (structured)", o: structured, typ: 42, want: errInval},
 		{name: "unknown flag", typ: cmdRead, flags: 1 << 9, length: 512, want: errInval},
@@ -910,5 +911,39 @@ func TestRandomOpsAgainstModel(t *testing.T) {
 				t.Fatalf("op %d: read [%d, +%d) differs from the model at %d", i, off, n, off+uint64(j))
 			}
 		}
+	}
+}
+
+// TestLargeRequests: a client that negotiated no block size
+// (NBD_OPT_EXPORT_NAME, as nbd-tester-client's integrityhuge does) may send
+// READs and WRITEs above the advertised 32 MiB; they are served up to
+// Options.MaxPayload, with the payload counted in the request budget.
+func TestLargeRequests(t *testing.T) {
+	f := openTestFS(t)
+	mustCreateExport(t, f, "disk", 128<<20)
+	requests := budget.New(DefaultRequestBytes)
+	_, addr := startServer(t, f, Options{Requests: requests})
+	c, err := dialClient(addr, "disk", clientOptions{exportName: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	data := make([]byte, 48<<20)
+	rand.Read(data)
+	if err := c.Write(3<<20, data, 0); err != nil {
+		t.Fatalf("48 MiB WRITE: %v", err)
+	}
+	got, err := c.Read(3<<20, uint32(len(data)))
+	if err != nil {
+		t.Fatalf("48 MiB READ: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("48 MiB READ returned other data")
+	}
+	if n := requests.InUse(); n != 0 {
+		t.Fatalf("%d request bytes still held after the WRITE was applied", n)
+	}
+	if err := c.Write(0, make([]byte, DefaultMaxPayload+1), 0); !errors.Is(err, errnoError(errInval)) {
+		t.Fatalf("WRITE above MaxPayload: %v, want EINVAL", err)
 	}
 }

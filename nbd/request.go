@@ -58,8 +58,16 @@ func encodeRequest(r request) []byte {
 type session struct {
 	size       uint64 // export size, fixed for the connection
 	readOnly   bool
-	structured bool // structured replies negotiated
-	meta       bool // base:allocation selected for this export
+	structured bool   // structured replies negotiated
+	meta       bool   // base:allocation selected for this export
+	maxPayload uint32 // the largest READ or WRITE served; 0: advertisedMaxPayload
+}
+
+func (s session) payloadLimit() uint32 {
+	if s.maxPayload == 0 {
+		return advertisedMaxPayload
+	}
+	return s.maxPayload
 }
 
 // verdict is the outcome of validating a request header.
@@ -137,16 +145,17 @@ func checkRequest(r request, s session) verdict {
 		v.err = newReqError(errInval, "%s: flags %#x not valid for this command", name, bad)
 		return v
 	}
+	limit := s.payloadLimit()
 	switch {
-	case r.typ == cmdWrite && r.length > maxPayload:
-		v.err = newReqError(errInval, "%s of %d bytes exceeds the maximum payload of %d", name, r.length, maxPayload)
+	case r.typ == cmdWrite && r.length > limit:
+		v.err = newReqError(errInval, "%s of %d bytes exceeds this server's maximum payload of %d", name, r.length, limit)
 		return v
-	case r.typ == cmdRead && r.length > maxPayload:
+	case r.typ == cmdRead && r.length > limit:
 		code := uint32(errInval)
 		if s.structured {
 			code = errOverflow
 		}
-		v.err = newReqError(code, "%s of %d bytes exceeds the maximum payload of %d", name, r.length, maxPayload)
+		v.err = newReqError(code, "%s of %d bytes exceeds this server's maximum payload of %d", name, r.length, limit)
 		return v
 	case r.typ == cmdFlush && (r.off != 0 || r.length != 0):
 		v.err = newReqError(errInval, "%s with offset %d and length %d: both must be zero", name, r.off, r.length)

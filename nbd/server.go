@@ -2,9 +2,11 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"time"
 
 	"zerofs/fs"
@@ -26,8 +28,13 @@ type Options struct {
 	// ConnBufferBytes bounds the payload bytes one connection holds in
 	// memory (write data read ahead, read data waiting to be sent); the
 	// reader stops reading requests when it is exhausted. Default 64 MiB;
-	// never less than the 32 MiB maximum payload.
+	// never less than MaxPayload.
 	ConnBufferBytes int64
+	// MaxPayload is the largest READ or WRITE served (default
+	// DefaultMaxPayload, at most MaxMaxPayload). 32 MiB is advertised
+	// whatever it is (protocol.go says why). WRITE payloads count in
+	// Requests, so it must not exceed that budget.
+	MaxPayload int64
 	// Requests bounds the WRITE payload bytes read from all connections but
 	// not yet applied; when it is full, readers stop reading their sockets
 	// (TCP back-pressure) instead of buffering. Share one with the NFS
@@ -45,6 +52,20 @@ type Options struct {
 	// its reply being queued, and the error replied (nil on success; a
 	// *reqError otherwise). It must be safe for concurrent use and fast.
 	Observe func(cmd string, bytes int, dur time.Duration, err error)
+
+	// AllowedNetworks are the client networks served; connections from
+	// elsewhere are closed at accept and logged. Empty means loopback only.
+	AllowedNetworks []netip.Prefix
+	// TLSMode and TLS: whether NBD_OPT_STARTTLS is offered or required
+	// (tls.go), and the configuration of the sessions (certificates,
+	// client verification). TLS is required unless TLSMode is TLSOff; a
+	// GetConfigForClient in it picks up reloaded certificates. (Without
+	// TLS, STARTTLS is refused: with TLSRequire that fails closed.)
+	TLSMode TLSMode
+	TLS     *tls.Config
+	// Access limits which exports each client certificate may use
+	// (access.go). Nil: every client that connects may use every export.
+	Access *Access
 }
 
 func (o *Options) setDefaults() {
@@ -60,8 +81,12 @@ func (o *Options) setDefaults() {
 	if o.ConnBufferBytes <= 0 {
 		o.ConnBufferBytes = 64 << 20
 	}
-	if o.ConnBufferBytes < maxPayload {
-		o.ConnBufferBytes = maxPayload
+	if o.MaxPayload <= 0 {
+		o.MaxPayload = DefaultMaxPayload
+	}
+	o.MaxPayload = min(max(o.MaxPayload, advertisedMaxPayload), MaxMaxPayload)
+	if o.ConnBufferBytes < o.MaxPayload {
+		o.ConnBufferBytes = o.MaxPayload
 	}
 	if o.Requests == nil {
 		o.Requests = budget.New(DefaultRequestBytes)
@@ -107,7 +132,15 @@ func NewServer(f *fs.FS, opts Options) *Server {
 // called for several listeners at once. Transient accept errors (e.g. out of
 // file descriptors) are retried with a backoff; others are returned.
 func (s *Server) Serve(ln net.Listener) error {
-	err := s.group.Serve(ln, func(nc net.Conn) netserve.Conn { return newConn(s, nc) })
+	err := s.group.Serve(ln, func(nc net.Conn) netserve.Conn {
+		remote := netserve.RemoteAddr(nc)
+		if !netserve.Allowed(s.opts.AllowedNetworks, remote.Addr()) {
+			s.log.Warn("nbd: refused connection from a network not in allowed_networks", "remote", remote.String())
+			nc.Close()
+			return nil
+		}
+		return newConn(s, nc)
+	})
 	if err != nil {
 		return fmt.Errorf("nbd: accept on %s: %w", ln.Addr(), err)
 	}

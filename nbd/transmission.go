@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -43,17 +44,25 @@ import (
 // flushed to the same blocks.
 
 const (
-	readBufferSize  = 256 << 10
-	writeBufferSize = 16 << 10
+	readBufferSize     = 256 << 10
+	writeBufferSize    = 16 << 10
+	tlsWriteBufferSize = 256 << 10
 )
 
 // conn is one client connection.
 type conn struct {
 	s   *Server
-	nc  net.Conn
+	nc  net.Conn // the socket: deadlines, closing, watching the peer
 	log *slog.Logger
 	br  *bufio.Reader
 	bw  *bufio.Writer // negotiation only; transmission writes with writev
+
+	// tls is the TLS session once STARTTLS succeeded: requests are read
+	// and replies written through it, and tw gathers a batch of replies
+	// into full TLS records (a record per small write would cost a system
+	// call and 22 bytes each).
+	tls *tls.Conn
+	tw  *bufio.Writer
 
 	mu           sync.Mutex  // guards interrupted, transmitting, drainEnd and deadline changes
 	interrupted  bool        // Shutdown asked the reader to stop
@@ -242,7 +251,9 @@ func (c *conn) Serve() {
 	defer c.nc.Close()
 	defer c.recoverBug("negotiation")
 	c.setDeadline(time.Now().Add(c.s.opts.HandshakeTimeout))
-	n, err := negotiate(c.s.ctx, c.br, c.bw, c.s.exports, c.s.group.Closing, c.log)
+	h := &handshake{br: c.br, bw: c.bw, src: c.s.exports, shuttingDown: c.s.group.Closing, log: c.log,
+		tlsMode: c.s.opts.TLSMode, tlsConf: c.s.opts.TLS, raw: c.nc, access: c.s.opts.Access}
+	n, err := h.negotiate(c.s.ctx)
 	if err != nil {
 		switch {
 		case errors.Is(err, errAbort), errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), c.wasInterrupted():
@@ -255,6 +266,14 @@ func (c *conn) Serve() {
 		return
 	}
 	c.setDeadline(time.Time{})
+	// The negotiation may have buffered the first requests, and after
+	// STARTTLS it reads through TLS: transmission goes on from its reader.
+	c.br = h.br
+	if n.tls.conn != nil {
+		c.tls = n.tls.conn
+		c.tw = bufio.NewWriterSize(c.tls, tlsWriteBufferSize)
+		c.log = c.log.With("client", peerName(n.tls.names))
+	}
 	c.beginTransmission()
 	c.transmit(n)
 }
@@ -262,7 +281,8 @@ func (c *conn) Serve() {
 // transmit serves the transmission phase.
 func (c *conn) transmit(n *negotiated) {
 	c.exp = n.exp
-	c.sess = session{size: n.exp.size, readOnly: n.exp.readOnly, structured: n.structured, meta: n.meta}
+	c.sess = session{size: n.exp.size, readOnly: n.exp.readOnly, structured: n.structured, meta: n.meta,
+		maxPayload: uint32(c.s.opts.MaxPayload)}
 	c.log = c.log.With("export", n.exp.name)
 	c.log.Debug("nbd: transmission begins", "size", n.exp.size, "read_only", n.exp.readOnly, "structured", n.structured)
 	workers := c.s.opts.Workers
@@ -314,6 +334,13 @@ func (c *conn) lingeringClose() {
 	tc, ok := c.nc.(*net.TCPConn)
 	if !ok || c.dead.Load() {
 		return
+	}
+	if c.tls != nil {
+		// close_notify: the client can tell this end from a truncation.
+		c.tls.SetWriteDeadline(time.Now().Add(lingerTime))
+		if err := c.tls.CloseWrite(); err != nil {
+			return
+		}
 	}
 	if err := tc.CloseWrite(); err != nil {
 		return
@@ -518,6 +545,20 @@ func (c *conn) writeLoop() {
 func (c *conn) writeBatch(bufs *net.Buffers) {
 	defer c.recoverBug("writer")
 	if c.dead.Load() {
+		return
+	}
+	if c.tls != nil {
+		for _, p := range *bufs {
+			if _, err := c.tw.Write(p); err != nil {
+				c.log.Debug("nbd: sending replies failed; closing", "err", err)
+				c.abort()
+				return
+			}
+		}
+		if err := c.tw.Flush(); err != nil {
+			c.log.Debug("nbd: sending replies failed; closing", "err", err)
+			c.abort()
+		}
 		return
 	}
 	// WriteTo consumes its receiver; keep ours for reuse.

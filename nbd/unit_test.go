@@ -79,6 +79,7 @@ func TestCheckRequest(t *testing.T) {
 	rwS := session{size: size, structured: true}
 	rwM := session{size: size, structured: true, meta: true}
 	ro := session{size: size, readOnly: true}
+	big := session{size: 1 << 30, maxPayload: DefaultMaxPayload}
 	for _, tc := range []struct {
 		name    string
 		s       session
@@ -90,14 +91,17 @@ func TestCheckRequest(t *testing.T) {
 		{"read to the end", rw, request{typ: cmdRead, off: size - 1, length: 1}, 0, 0},
 		{"read past the end", rw, request{typ: cmdRead, off: size - 1, length: 2}, errInval, 0},
 		{"read overflow", rw, request{typ: cmdRead, off: 1<<64 - 1, length: 2}, errInval, 0},
-		{"read too big, simple", rw, request{typ: cmdRead, length: maxPayload + 1}, errInval, 0},
-		{"read too big, structured", rwS, request{typ: cmdRead, length: maxPayload + 1}, errOverflow, 0},
+		{"read too big, simple", rw, request{typ: cmdRead, length: advertisedMaxPayload + 1}, errInval, 0},
+		{"read too big, structured", rwS, request{typ: cmdRead, length: advertisedMaxPayload + 1}, errOverflow, 0},
 		{"read DF, simple", rw, request{typ: cmdRead, flags: cmdFlagDF, length: 1}, errInval, 0},
 		{"read DF, structured", rwS, request{typ: cmdRead, flags: cmdFlagDF, length: 1}, 0, 0},
 		{"read FUA", rw, request{typ: cmdRead, flags: cmdFlagFUA, length: 1}, 0, 0},
 		{"write ok", rw, request{typ: cmdWrite, length: 512}, 0, 512},
 		{"write past the end", rw, request{typ: cmdWrite, off: size, length: 1}, errNoSpc, 1},
-		{"write too big", rw, request{typ: cmdWrite, length: maxPayload + 1}, errInval, maxPayload + 1},
+		{"write too big", rw, request{typ: cmdWrite, length: advertisedMaxPayload + 1}, errInval, advertisedMaxPayload + 1},
+		{"read above the advertised maximum, within MaxPayload", big, request{typ: cmdRead, length: 48 << 20}, 0, 0},
+		{"write above the advertised maximum, within MaxPayload", big, request{typ: cmdWrite, length: 48 << 20}, 0, 48 << 20},
+		{"write above MaxPayload", big, request{typ: cmdWrite, length: DefaultMaxPayload + 1}, errInval, DefaultMaxPayload + 1},
 		{"write read-only", ro, request{typ: cmdWrite, length: 1}, errPerm, 1},
 		{"write zero length past the end", rw, request{typ: cmdWrite, off: size + 1}, errNoSpc, 0},
 		{"write zero length at the end", rw, request{typ: cmdWrite, off: size}, 0, 0},
@@ -348,7 +352,7 @@ func TestStatusDescs(t *testing.T) {
 }
 
 func TestBuffers(t *testing.T) {
-	for _, n := range []int{0, 1, 4096, 4097, 1 << 20, maxPayload} {
+	for _, n := range []int{0, 1, 4096, 4097, 1 << 20, advertisedMaxPayload} {
 		b := getBuf(n)
 		if len(b) != n || cap(b)&(cap(b)-1) != 0 {
 			t.Fatalf("getBuf(%d): len %d cap %d", n, len(b), cap(b))

@@ -98,20 +98,6 @@ func NewServer(f *fs.FS, opts Options) *Server {
 	return s
 }
 
-// allowedAddr reports whether a client at a may connect.
-func (s *Server) allowedAddr(a netip.Addr) bool {
-	a = a.Unmap()
-	if len(s.allowed) == 0 {
-		return a.IsLoopback()
-	}
-	for _, p := range s.allowed {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
 // allowedNames lists the allowed networks (MOUNT EXPORT's groups).
 func (s *Server) allowedNames() []string {
 	if len(s.allowed) == 0 {
@@ -130,8 +116,8 @@ func (s *Server) allowedNames() []string {
 func (s *Server) Serve(ln net.Listener) error {
 	s.log.Info("nfs: serving NFSv3 and MOUNT v3", "addr", ln.Addr().String(), "allowed", s.allowedNames())
 	return s.group.Serve(ln, func(nc net.Conn) netserve.Conn {
-		remote := addrOf(nc.RemoteAddr())
-		if !s.allowedAddr(remote.Addr()) {
+		remote := netserve.RemoteAddr(nc)
+		if !netserve.Allowed(s.allowed, remote.Addr()) {
 			s.log.Warn("nfs: refused connection from a network not in allowed_networks",
 				"remote", remote.String(), "allowed", s.allowedNames())
 			nc.Close()
@@ -139,14 +125,6 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		return newConn(s, nc, remote)
 	})
-}
-
-func addrOf(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.AddrPort()
-	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
 }
 
 // Shutdown stops accepting connections, stops reading new requests, and

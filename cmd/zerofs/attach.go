@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"zerofs/config"
+	"zerofs/internal/pki"
 	"zerofs/nbd/kernel"
 )
 
@@ -23,7 +25,7 @@ import (
 // and exits; --keep leaves it attached on exit, for replacing this process
 // (the next `zerofs nbd attach` with the same --device adopts it).
 func cmdNBDAttach(args []string) error {
-	fl := newFlags("nbd attach", "nbd attach NAME [--device /dev/nbdN] [--server HOST:PORT | -c FILE] [--connections N] [--timeout 30s] [--dead-timeout 60s] [--block-size 4096] [--keep]")
+	fl := newFlags("nbd attach", "nbd attach NAME [--device /dev/nbdN] [--server HOST:PORT | -c FILE] [--connections N] [--timeout 30s] [--dead-timeout 60s] [--block-size 4096] [--tls DIR [--tls-name NAME]] [--keep]")
 	cfgPath := fl.String("c", "", "configuration file (for the NBD address)")
 	server := fl.String("server", "", "NBD server HOST:PORT (default: the first [servers.nbd] address of -c, else 127.0.0.1:10809)")
 	device := fl.String("device", "", "device to use, e.g. /dev/nbd0 (default: the first free one)")
@@ -31,7 +33,9 @@ func cmdNBDAttach(args []string) error {
 	blockSize := fl.Uint("block-size", 4096, "logical block size")
 	timeout := fl.Duration("timeout", 30*time.Second, "a request unanswered this long is resent on a new connection")
 	deadTimeout := fl.Duration("dead-timeout", 60*time.Second, "how long I/O waits for the server to come back before it fails (in a mirror, the member then faults and the pool goes on)")
-	keep := fl.Bool("keep", false, "leave the device attached when this process exits")
+	keep := fl.Bool("keep", false, "leave the device attached when this process exits (not with --tls: the TLS relay ends with the process)")
+	tlsDir := fl.String("tls", "", "connect with TLS using the certificates in DIR: ca-cert.pem (verifies the server), client-cert.pem and client-key.pem (qemu's layout)")
+	tlsName := fl.String("tls-name", "", "the name the server's certificate must carry (default: the host of the server address)")
 	pos, err := parseFlags(fl, args)
 	if err != nil {
 		return err
@@ -65,20 +69,35 @@ func cmdNBDAttach(args []string) error {
 			return fmt.Errorf("%s %s: the kernel takes whole seconds, at least 1s", d.name, d.v)
 		}
 	}
+	var tlsConf *tls.Config
+	if *tlsDir != "" {
+		if *keep {
+			return errors.New("--keep with --tls: the kernel speaks no TLS, so this process relays the device's connections and cannot leave it attached when it exits")
+		}
+		name := *tlsName
+		if name == "" {
+			name, _, _ = net.SplitHostPort(addr)
+		}
+		if tlsConf, err = pki.LoadClient(*tlsDir, name); err != nil {
+			return err
+		}
+	} else if *tlsName != "" {
+		return errors.New("--tls-name needs --tls DIR")
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	dev, err := kernel.Attach(ctx, kernel.Options{
 		Addr: addr, Export: pos[0], Index: index,
 		Connections: *conns, BlockSize: uint32(*blockSize),
-		Timeout: *timeout, DeadTimeout: *deadTimeout,
+		Timeout: *timeout, DeadTimeout: *deadTimeout, TLS: tlsConf,
 		Logf: func(format string, a ...any) { log.Info(fmt.Sprintf(format, a...)) },
 	})
 	if err != nil {
 		return err
 	}
 	log.Info("attached", "device", fmt.Sprintf("/dev/nbd%d", dev.Index), "export", pos[0], "server", addr,
-		"size", dev.Size, "read_only", dev.ReadOnly, "dead_timeout", *deadTimeout)
+		"size", dev.Size, "read_only", dev.ReadOnly, "dead_timeout", *deadTimeout, "tls", tlsConf != nil)
 	notifyReady()
 	err = dev.Keep(ctx)
 	if errors.Is(err, kernel.ErrDetached) {

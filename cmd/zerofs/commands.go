@@ -144,13 +144,24 @@ func cmdStatus(args []string) error {
 		fmt.Fprintf(w, "interrupted\t%d (%s): may have lost acknowledged writes when the last run ended; I/O fails until zerofs nbd clear NAME\n",
 			len(s.Interrupted), strings.Join(names, ", "))
 	}
+	if t := s.NBDTLS; t != nil {
+		left := time.Until(t.NotAfter)
+		line := fmt.Sprintf("%s, expires %s (in %d days)", t.Subject, t.NotAfter.UTC().Format(time.RFC3339), int(left.Hours()/24))
+		if left < 30*24*time.Hour {
+			line += ": renew it soon"
+		}
+		if t.ReloadError != "" {
+			line += "; last reload failed: " + t.ReloadError
+		}
+		fmt.Fprintf(w, "NBD TLS certificate\t%s\n", line)
+	}
 	fmt.Fprintf(w, "gc\t%d objects deleted, %d packed\n", s.GCDeleted, s.GCPacked)
 	up := time.Duration(s.UptimeSeconds * float64(time.Second)).Round(time.Second)
 	fmt.Fprintf(w, "client data\t%s read, %s written, %s read ahead (ranges issued), in %s\n",
 		humanSize(uint64(s.ReadBytes)), humanSize(uint64(s.WrittenBytes)), humanSize(uint64(s.ReadAhead)), up)
 	for _, name := range []string{"main", "wal"} {
 		if ops, ok := s.Requests[name]; ok {
-			fmt.Fprintf(w, "requests (%s store)\t%s\n", name, requestCost(ops, s))
+			fmt.Fprintf(w, "requests (%s store)\t%s\n", name, requestCost(ops, s.Status))
 		}
 	}
 	return w.Flush()

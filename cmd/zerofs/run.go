@@ -74,6 +74,11 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	sec, err := loadNBDSecurity(cfg, log)
+	if err != nil {
+		return err
+	}
+	warnExposure(cfg, log)
 	if strings.Contains(cfg.Storage.EncryptionPassword, "example-insecure") {
 		log.Warn("using the example encryption password: set ZEROFS_PASSWORD for anything but a trial")
 	}
@@ -153,6 +158,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.Info("memory limit set from the budgets", "bytes", limit)
 	}
 	m.WatchRequests(requests)
+	if st := sec.status(); st != nil {
+		m.WatchCertificate(st)
+	}
 	var (
 		wg       sync.WaitGroup
 		stoppers []func(context.Context) error
@@ -188,7 +196,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return err
 		}
 		srv := nbd.NewServer(f, nbd.Options{Logger: log, Observe: m.ObserveNBD, Requests: requests,
-			MaxReadWait: cfg.WAL.MaxReadWait.Duration})
+			MaxReadWait: cfg.WAL.MaxReadWait.Duration, MaxPayload: int64(cfg.Servers.NBD.MaxPayloadMB) << 20,
+			AllowedNetworks: sec.networks, TLSMode: sec.mode, TLS: sec.tlsConfig(), Access: sec.access})
 		stoppers = append(stoppers, srv.Shutdown)
 		wg.Add(1)
 		go func() {
@@ -197,7 +206,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 				failed <- fmt.Errorf("NBD server on %s: %w", addr, err)
 			}
 		}()
-		log.Info("serving NBD", "address", ln.Addr().String())
+		log.Info("serving NBD", "address", ln.Addr().String(), "tls", sec.mode.String(), "allowed_networks", cfg.Servers.NBD.AllowedNetworks)
 	}
 	var allowed []netip.Prefix
 	for _, n := range cfg.Servers.NFS.AllowedNetworks {
@@ -228,7 +237,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			cleanup()
 			return err
 		}
-		hs := &http.Server{Handler: admin.Handler(f, m.Handler(), log), ReadHeaderTimeout: 10 * time.Second}
+		hs := &http.Server{Handler: admin.Handler(f, m.Handler(), log, sec.status()), ReadHeaderTimeout: 10 * time.Second}
 		stoppers = append(stoppers, hs.Shutdown)
 		wg.Add(1)
 		go func() {
@@ -253,6 +262,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			index = "rebuilding in the background"
 		}
 	}
+	sec.watch(ctx, log)
 	log.Info("serving", "start_to_serving", time.Since(processStart).Round(time.Millisecond), "disk_cache_index", index)
 	printHowTo(cfg)
 

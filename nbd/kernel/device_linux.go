@@ -436,7 +436,7 @@ func (d *Device) withSockets(conns []net.Conn, cmd uint8, as []attr) ([]map[uint
 	}()
 	socks := attr{typ: attrSockets, nested: []attr{}}
 	for _, nc := range conns {
-		f, err := nc.(*net.TCPConn).File()
+		f, err := kernelSocket(nc)
 		if err != nil {
 			return nil, err
 		}
@@ -450,7 +450,7 @@ func dialAll(ctx context.Context, o Options, n int) ([]net.Conn, nbd.Negotiated,
 	var conns []net.Conn
 	var info nbd.Negotiated
 	for i := 0; i < n; i++ {
-		nc, in, err := nbd.Dial(ctx, o.Addr, o.Export)
+		nc, in, err := nbd.Dial(ctx, o.Addr, o.Export, o.TLS)
 		if err != nil {
 			for _, c := range conns {
 				c.Close()

@@ -14,6 +14,7 @@
 package kernel
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"time"
@@ -31,6 +32,12 @@ type Options struct {
 	DeadTimeout time.Duration // how long I/O waits for a reconnect before it fails; default 60 s
 
 	Logf func(format string, args ...any) // progress and reconnects; default: discard
+
+	// TLS, if set, starts TLS before selecting the export. The kernel
+	// speaks no TLS, so each connection is then relayed through this
+	// process (tlsrelay_linux.go): the device lives only as long as the
+	// process does.
+	TLS *tls.Config
 }
 
 func (o Options) withDefaults() Options {
