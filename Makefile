@@ -5,6 +5,8 @@
 #                MinIO instead of versitygw (not part of make test; docs/stores.md)
 #   make bench   run the benchmarks (writes nothing; see docs/benchmarks.md)
 #   make fuzz    run every fuzz target for FUZZTIME (default 60s)
+#   make nbd-tester  NBD's own test client (nbd-tester-client, built from the
+#                NetworkBlockDevice/nbd source) against zerofs, plain and TLS
 #   make soak    the long randomized crash-recovery run (5 random seeds of
 #                20,000 operations under -race: about 40 min each here)
 
@@ -14,7 +16,7 @@ export GOFLAGS
 
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build run test test-minio test-deps check unit fuzz-quick fuzz bench bench-remote bench-start soak clean
+.PHONY: all build run test test-minio test-deps check unit fuzz-quick fuzz bench bench-remote bench-start soak clean nbd-tester
 
 all: build
 
@@ -44,6 +46,10 @@ check:
 # Every package under the race detector: the engine is concurrent throughout.
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Not in make test: it builds another project's C client (scripts/nbd-tester-client.sh).
+nbd-tester: build
+	ZEROFS_BIN=$(CURDIR)/bin/zerofs ./scripts/nbd-tester-client.sh
 
 fuzz-quick:
 	FUZZTIME=2000x ./scripts/fuzz.sh
