@@ -16,7 +16,7 @@ export GOFLAGS
 
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build run test test-minio test-deps check unit fuzz-quick fuzz bench bench-remote bench-start soak clean nbd-tester
+.PHONY: all build run test test-minio test-deps check unit fuzz-quick fuzz bench bench-remote bench-tls bench-start soak clean nbd-tester
 
 all: build
 
@@ -59,15 +59,19 @@ fuzz:
 
 # Benchmarks, each against a baseline in the same run (docs/benchmarks.md):
 # flush vs a bare PUT/fsync, the engine alone, NBD vs nbdkit memory (fio),
-# NFS vs nfs-ganesha (set NFS_BENCH_NO_GANESHA=1 where ganesha cannot run),
+# NBD over TLS vs plaintext (bench-tls), NFS vs nfs-ganesha (set NFS_BENCH_NO_GANESHA=1 where ganesha cannot run),
 # NBD on a store 20 ms away (bench-remote), and start time (bench-start).
 bench: test-deps
 	$(GO) test -run '^$$' -bench 'BenchmarkFlush' -benchtime 500x ./fs
 	$(GO) test -run '^$$' -bench 'BenchmarkEngine' -benchtime 3s ./fs
 	./bench/nbd.sh
+	./bench/tls.sh
 	./bench/nfs.sh
 	./bench/remote.sh
 	./bench/start.sh
+
+bench-tls: test-deps
+	./bench/tls.sh
 
 bench-remote: test-deps
 	./bench/remote.sh

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,6 +18,8 @@ import (
 
 	"zerofs/crypt"
 	"zerofs/fs"
+	"zerofs/internal/pki"
+	"zerofs/internal/testutil"
 	"zerofs/store"
 )
 
@@ -39,33 +42,12 @@ func BenchmarkNBDFio(b *testing.B) {
 	sizeMiB := envInt(b, "ZEROFS_BENCH_SIZE", 512)
 	size := uint64(sizeMiB) << 20
 
-	// zerofs on a local file:// store.
-	ctx := context.Background()
-	dir := b.TempDir()
-	st, err := store.Open(ctx, "file://"+filepath.Join(dir, "store"), store.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	// The memory cache holds the whole export, so the read workloads
-	// measure cached reads (what the comparison with nbdkit memory is
-	// about); writes go through the full pipeline to the file store.
-	f, err := fs.Open(ctx, fs.Options{
-		Main: st, Dir: filepath.Join(dir, "state"), Password: "bench", KeyParams: crypt.TestParams,
-		CacheBytes: int64(2 * size), Logger: log,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	if err := CreateExport(ctx, f, "bench", size); err != nil {
-		b.Fatal(err)
-	}
+	f := benchFS(b, size)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := NewServer(f, Options{Logger: log})
+	srv := NewServer(f, Options{Logger: benchLogger()})
 	go srv.Serve(ln)
 	defer srv.Shutdown(context.Background())
 	zerofsURI := nbdURI(ln.Addr().String(), "bench")
@@ -98,15 +80,7 @@ func BenchmarkNBDFio(b *testing.B) {
 		{"1M seq write QD8", append([]string{"--rw=write", "--bs=1M", "--iodepth=8"}, timed...)},
 		{"4k randwrite+FLUSH each QD1", append([]string{"--rw=randwrite", "--bs=4k", "--iodepth=1", "--fsync=1"}, timed...)},
 	}
-	run := func(uri string, args []string) fioStats {
-		all := append([]string{"--name=bench", "--ioengine=nbd", "--uri=" + uri, "--output-format=json",
-			fmt.Sprintf("--size=%d", size), "--randrepeat=0"}, args...)
-		out, stderr, err := runToolErr(time.Duration(runtime+120)*time.Second, fio, all...)
-		if err != nil {
-			b.Fatalf("fio %s: %v\n%s\n%s", strings.Join(all, " "), err, out, stderr)
-		}
-		return parseFioStats(b, out)
-	}
+	run := func(uri string, args []string) fioStats { return runFio(b, fio, uri, size, runtime, args) }
 	// Fill both exports first so reads return data, not holes.
 	fill := []string{"--rw=write", "--bs=1M", "--iodepth=8"}
 	run(zerofsURI, fill)
@@ -135,6 +109,112 @@ func BenchmarkNBDFio(b *testing.B) {
 	b.StopTimer()
 	table := strings.Join(rows, "\n")
 	fmt.Printf("\nNBD over loopback, fio nbd engine, %d MiB export, %ds per workload\n%s\n\n", sizeMiB, runtime, table)
+}
+
+// runFio runs one fio job with the nbd engine against uri and returns its
+// figures.
+func runFio(b *testing.B, fio, uri string, size uint64, runtime int, args []string) fioStats {
+	all := append([]string{"--name=bench", "--ioengine=nbd", "--uri=" + uri, "--output-format=json",
+		fmt.Sprintf("--size=%d", size), "--randrepeat=0"}, args...)
+	out, stderr, err := runToolErr(time.Duration(runtime+120)*time.Second, fio, all...)
+	if err != nil {
+		b.Fatalf("fio %s: %v\n%s\n%s", strings.Join(all, " "), err, out, stderr)
+	}
+	return parseFioStats(b, out)
+}
+
+// BenchmarkNBDTLS measures what TLS costs: the same zerofs server (tls =
+// "on") read in plaintext and over TLS by fio's nbd engine, alternately,
+// three times each; the table has the medians and the TLS/plaintext ratio.
+// fio's libnbd reads no certificate file from a URI, so the TLS client does
+// not verify the server (tls-verify-peer=false): the cost measured is the
+// session's encryption, which verification does not change.
+func BenchmarkNBDTLS(b *testing.B) {
+	fio := requireTool(b, "fio")
+	runtime := envInt(b, "ZEROFS_BENCH_RUNTIME", 5)
+	sizeMiB := envInt(b, "ZEROFS_BENCH_SIZE", 512)
+	size := uint64(sizeMiB) << 20
+	f := benchFS(b, size)
+	ca := testutil.NewPKI(b, "")
+	certs, err := pki.Load(pki.Options{Dir: ca.Dir, Logger: benchLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := NewServer(f, Options{Logger: benchLogger(), TLSMode: TLSOn, TLS: certs.Config()})
+	go srv.Serve(ln)
+	defer srv.Shutdown(context.Background())
+	plain := nbdURI(ln.Addr().String(), "bench")
+	secure := "nbds://" + ln.Addr().String() + "/bench?tls-verify-peer=false"
+	runFio(b, fio, plain, size, runtime, []string{"--rw=write", "--bs=1M", "--iodepth=8"})
+
+	timed := []string{"--time_based=1", fmt.Sprintf("--runtime=%d", runtime), "--ramp_time=1"}
+	workloads := []struct {
+		name string
+		args []string
+	}{
+		{"1M seq read QD8", append([]string{"--rw=read", "--bs=1M", "--iodepth=8"}, timed...)},
+		{"4k randread QD32", append([]string{"--rw=randread", "--bs=4k", "--iodepth=32"}, timed...)},
+		{"1M seq write QD8", append([]string{"--rw=write", "--bs=1M", "--iodepth=8"}, timed...)},
+	}
+	median := func(v []float64) float64 {
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	only, err := regexp.Compile(os.Getenv("ZEROFS_BENCH_ONLY"))
+	if err != nil {
+		b.Fatalf("ZEROFS_BENCH_ONLY: %v", err)
+	}
+	b.ResetTimer()
+	rows := []string{fmt.Sprintf("%-20s %12s %10s %12s %10s %8s", "workload", "plain IOPS", "MiB/s", "TLS IOPS", "MiB/s", "ratio")}
+	for _, w := range workloads {
+		if !only.MatchString(w.name) {
+			continue
+		}
+		var p, t, pm, tm []float64
+		for range 3 {
+			ps := runFio(b, fio, plain, size, runtime, w.args)
+			ts := runFio(b, fio, secure, size, runtime, w.args)
+			p, t, pm, tm = append(p, ps.iops), append(t, ts.iops), append(pm, ps.mibps), append(tm, ts.mibps)
+		}
+		mp, mt := median(p), median(t)
+		rows = append(rows, fmt.Sprintf("%-20s %12.0f %10.1f %12.0f %10.1f %8.2f", w.name, mp, median(pm), mt, median(tm), mt/mp))
+	}
+	b.StopTimer()
+	fmt.Printf("\nNBD plaintext vs TLS 1.3 on one server, fio nbd engine, %d MiB export, %ds per run, median of 3\n%s\n\n",
+		sizeMiB, runtime, strings.Join(rows, "\n"))
+}
+
+func benchLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// benchFS opens a filesystem on a file:// store in a temporary directory
+// with an export "bench" of size bytes. Its memory cache holds the whole
+// export, so read workloads measure cached reads; writes go through the
+// full pipeline to the file store.
+func benchFS(b *testing.B, size uint64) *fs.FS {
+	ctx := context.Background()
+	dir := b.TempDir()
+	st, err := store.Open(ctx, "file://"+filepath.Join(dir, "store"), store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	f, err := fs.Open(ctx, fs.Options{
+		Main: st, Dir: filepath.Join(dir, "state"), Password: "bench", KeyParams: crypt.TestParams,
+		CacheBytes: int64(2 * size), Logger: benchLogger(),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { f.Close() })
+	if err := CreateExport(ctx, f, "bench", size); err != nil {
+		b.Fatal(err)
+	}
+	return f
 }
 
 func envInt(b *testing.B, name string, def int) int {

@@ -69,7 +69,7 @@ func cmdNBDAttach(args []string) error {
 			return fmt.Errorf("%s %s: the kernel takes whole seconds, at least 1s", d.name, d.v)
 		}
 	}
-	var tlsConf *tls.Config
+	var loadTLS func() (*tls.Config, error)
 	if *tlsDir != "" {
 		if *keep {
 			return errors.New("--keep with --tls: the kernel speaks no TLS, so this process relays the device's connections and cannot leave it attached when it exits")
@@ -78,7 +78,10 @@ func cmdNBDAttach(args []string) error {
 		if name == "" {
 			name, _, _ = net.SplitHostPort(addr)
 		}
-		if tlsConf, err = pki.LoadClient(*tlsDir, name); err != nil {
+		// Read at every connection, so a renewed client certificate is
+		// used from the next reconnect on; checked once now.
+		loadTLS = func() (*tls.Config, error) { return pki.LoadClient(*tlsDir, name) }
+		if _, err := loadTLS(); err != nil {
 			return err
 		}
 	} else if *tlsName != "" {
@@ -90,14 +93,14 @@ func cmdNBDAttach(args []string) error {
 	dev, err := kernel.Attach(ctx, kernel.Options{
 		Addr: addr, Export: pos[0], Index: index,
 		Connections: *conns, BlockSize: uint32(*blockSize),
-		Timeout: *timeout, DeadTimeout: *deadTimeout, TLS: tlsConf,
+		Timeout: *timeout, DeadTimeout: *deadTimeout, TLS: loadTLS,
 		Logf: func(format string, a ...any) { log.Info(fmt.Sprintf(format, a...)) },
 	})
 	if err != nil {
 		return err
 	}
 	log.Info("attached", "device", fmt.Sprintf("/dev/nbd%d", dev.Index), "export", pos[0], "server", addr,
-		"size", dev.Size, "read_only", dev.ReadOnly, "dead_timeout", *deadTimeout, "tls", tlsConf != nil)
+		"size", dev.Size, "read_only", dev.ReadOnly, "dead_timeout", *deadTimeout, "tls", loadTLS != nil)
 	notifyReady()
 	err = dev.Keep(ctx)
 	if errors.Is(err, kernel.ErrDetached) {

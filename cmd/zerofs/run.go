@@ -41,6 +41,12 @@ func cmdRun(args []string) error {
 	if *cfgPath == "" {
 		return errors.New("-c FILE is required (zerofs init zerofs.toml writes a template)")
 	}
+	// SIGHUP reloads the TLS certificates. It is caught from the first
+	// moment: its default action would end the process without a clean
+	// stop (an operator's `systemctl reload` on a server without TLS).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		return err
@@ -49,7 +55,7 @@ func cmdRun(args []string) error {
 	slog.SetDefault(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return serve(ctx, cfg, log)
+	return serve(ctx, cfg, log, hup)
 }
 
 func newLogger(c config.Log) *slog.Logger {
@@ -69,7 +75,9 @@ var processStart = time.Now()
 // serve opens the filesystem, serves it until ctx ends, then stops the
 // servers (letting requests in flight finish) and closes the filesystem,
 // which flushes everything and writes a checkpoint.
-func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+//
+// hup delivers SIGHUP: it reloads the NBD certificates.
+func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, hup <-chan os.Signal) error {
 	inherited, err := inheritedListeners() // socket activation (activation.go)
 	if err != nil {
 		return err
@@ -262,7 +270,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			index = "rebuilding in the background"
 		}
 	}
-	sec.watch(ctx, log)
+	sec.watch(ctx, log, hup)
 	log.Info("serving", "start_to_serving", time.Since(processStart).Round(time.Millisecond), "disk_cache_index", index)
 	printHowTo(cfg)
 
@@ -289,8 +297,17 @@ func printHowTo(cfg *config.Config) {
 			admin = " --admin " + cfg.Servers.Admin.Address
 		}
 		fmt.Fprintf(&b, "  create a device:  %s nbd create disk0 --size 10G%s\n", self, admin)
-		fmt.Fprintf(&b, "  attach it:        sudo modprobe nbd && sudo %s nbd attach disk0 --server %s --device /dev/nbd0   (stays running)\n", self, net.JoinHostPort(host, port))
-		fmt.Fprintf(&b, "  or inspect it:    nbdinfo nbd://%s:%s/disk0\n", host, port)
+		tlsFlag, uri := "", fmt.Sprintf("nbd://%s/disk0", net.JoinHostPort(host, port))
+		if cfg.Servers.NBD.TLS != "off" {
+			// DIR: the client's certificates (docs/security.md).
+			tlsFlag = " --tls DIR"
+			uri = fmt.Sprintf("'nbds://%s/disk0?tls-certificates=DIR'", net.JoinHostPort(host, port))
+		}
+		fmt.Fprintf(&b, "  attach it:        sudo modprobe nbd && sudo %s nbd attach disk0 --server %s --device /dev/nbd0%s   (stays running)\n", self, net.JoinHostPort(host, port), tlsFlag)
+		fmt.Fprintf(&b, "  or inspect it:    nbdinfo %s\n", uri)
+		if tlsFlag != "" {
+			b.WriteString("                    (DIR: the client's ca-cert.pem, client-cert.pem, client-key.pem; docs/security.md)\n")
+		}
 	}
 	if len(cfg.Servers.NFS.Addresses) > 0 {
 		host, port, _ := net.SplitHostPort(cfg.Servers.NFS.Addresses[0])

@@ -8,8 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"zerofs/config"
@@ -82,22 +80,22 @@ func (s nbdSecurity) status() func() pki.Status {
 	return s.certs.Status
 }
 
-// watch reloads the certificates on SIGHUP and when their files change,
-// until ctx ends. A reload that fails keeps the certificates in use.
-func (s nbdSecurity) watch(ctx context.Context, log *slog.Logger) {
-	if s.certs == nil {
-		return
+// watch reloads the certificates on SIGHUP (from hup) and when their files
+// change, until ctx ends. A reload that fails keeps the certificates in use.
+func (s nbdSecurity) watch(ctx context.Context, log *slog.Logger, hup <-chan os.Signal) {
+	if s.certs != nil {
+		go s.certs.Watch(ctx, certWatchInterval)
 	}
-	go s.certs.Watch(ctx, certWatchInterval)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
-		defer signal.Stop(hup)
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-hup:
+				if s.certs == nil {
+					log.Info("SIGHUP: nothing to reload (NBD serves no TLS); the rest of the configuration is read at start only")
+					continue
+				}
 				if err := s.certs.Reload(); err != nil {
 					log.Error("SIGHUP: reloading the NBD certificates failed; the ones in use stay", "err", err)
 				}

@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -450,7 +451,17 @@ func dialAll(ctx context.Context, o Options, n int) ([]net.Conn, nbd.Negotiated,
 	var conns []net.Conn
 	var info nbd.Negotiated
 	for i := 0; i < n; i++ {
-		nc, in, err := nbd.Dial(ctx, o.Addr, o.Export, o.TLS)
+		var conf *tls.Config
+		var err error
+		if o.TLS != nil {
+			if conf, err = o.TLS(); err != nil {
+				for _, c := range conns {
+					c.Close()
+				}
+				return nil, info, err
+			}
+		}
+		nc, in, err := nbd.Dial(ctx, o.Addr, o.Export, conf)
 		if err != nil {
 			for _, c := range conns {
 				c.Close()

@@ -33,11 +33,13 @@ type Options struct {
 
 	Logf func(format string, args ...any) // progress and reconnects; default: discard
 
-	// TLS, if set, starts TLS before selecting the export. The kernel
-	// speaks no TLS, so each connection is then relayed through this
-	// process (tlsrelay_linux.go): the device lives only as long as the
-	// process does.
-	TLS *tls.Config
+	// TLS, if set, is called before each connection (so renewed client
+	// certificates are used at the next reconnect) and TLS is started
+	// before selecting the export. The kernel speaks no TLS, so each
+	// connection is then relayed through this process
+	// (tlsrelay_linux.go): the device's connections live only as long as
+	// the process does.
+	TLS func() (*tls.Config, error)
 }
 
 func (o Options) withDefaults() Options {
