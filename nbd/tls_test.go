@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -404,4 +405,37 @@ func captureClientHello(t *testing.T, conf *tls.Config) []byte {
 	}
 	b.Close()
 	return buf[:n]
+}
+
+// TestAllowedNetworks: a client outside allowed_networks is closed at
+// accept, before the greeting.
+func TestAllowedNetworks(t *testing.T) {
+	f := openTestFS(t)
+	mustCreateExport(t, f, "disk", 1<<20)
+	for _, tc := range []struct {
+		name     string
+		networks []string
+		allowed  bool
+	}{
+		{"loopback by default", nil, true},
+		{"listed", []string{"10.0.0.0/8", "127.0.0.0/8"}, true},
+		{"not listed", []string{"10.0.0.0/8"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var nets []netip.Prefix
+			for _, n := range tc.networks {
+				nets = append(nets, netip.MustParsePrefix(n))
+			}
+			_, addr := startServer(t, f, Options{AllowedNetworks: nets})
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			nc, _, err := Dial(ctx, addr, "disk", nil)
+			if tc.allowed != (err == nil) {
+				t.Fatalf("allowed %v, Dial: %v", tc.allowed, err)
+			}
+			if nc != nil {
+				nc.Close()
+			}
+		})
+	}
 }
