@@ -46,7 +46,7 @@ import (
 const (
 	readBufferSize     = 256 << 10
 	writeBufferSize    = 16 << 10
-	tlsWriteBufferSize = 256 << 10
+	tlsWriteBufferSize = 16 << 10 // one full TLS record: small replies share records; large ones pass through
 )
 
 // conn is one client connection.
@@ -61,8 +61,9 @@ type conn struct {
 	// and replies written through it, and tw gathers a batch of replies
 	// into full TLS records (a record per small write would cost a system
 	// call and 22 bytes each).
-	tls *tls.Conn
-	tw  *bufio.Writer
+	tls     *tls.Conn
+	records *recordBatcher
+	tw      *bufio.Writer
 
 	mu           sync.Mutex  // guards interrupted, transmitting, drainEnd and deadline changes
 	interrupted  bool        // Shutdown asked the reader to stop
@@ -270,7 +271,7 @@ func (c *conn) Serve() {
 	// STARTTLS it reads through TLS: transmission goes on from its reader.
 	c.br = h.br
 	if n.tls.conn != nil {
-		c.tls = n.tls.conn
+		c.tls, c.records = n.tls.conn, n.tls.batcher
 		c.tw = bufio.NewWriterSize(c.tls, tlsWriteBufferSize)
 		c.log = c.log.With("client", peerName(n.tls.names))
 	}
@@ -548,14 +549,19 @@ func (c *conn) writeBatch(bufs *net.Buffers) {
 		return
 	}
 	if c.tls != nil {
-		for _, p := range *bufs {
-			if _, err := c.tw.Write(p); err != nil {
-				c.log.Debug("nbd: sending replies failed; closing", "err", err)
-				c.abort()
-				return
+		c.records.hold()
+		err := func() error {
+			for _, p := range *bufs {
+				if _, err := c.tw.Write(p); err != nil {
+					return err
+				}
 			}
+			return c.tw.Flush()
+		}()
+		if rerr := c.records.release(); err == nil {
+			err = rerr
 		}
-		if err := c.tw.Flush(); err != nil {
+		if err != nil {
 			c.log.Debug("nbd: sending replies failed; closing", "err", err)
 			c.abort()
 		}
