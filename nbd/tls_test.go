@@ -55,21 +55,9 @@ func startTLSServer(t *testing.T, mode TLSMode, verify bool, rules []AccessRule)
 	e.dbB = ca.ClientDir(t, "db-b")
 	e.dbC = ca.ClientDir(t, "db-c")
 	e.other = testutil.NewPKI(t, "").ClientDir(t, "db-b")
-	copyFile(t, filepath.Join(ca.Dir, pki.CAFile), filepath.Join(e.other, pki.CAFile))
-	e.noCrt = t.TempDir()
-	copyFile(t, filepath.Join(ca.Dir, pki.CAFile), filepath.Join(e.noCrt, pki.CAFile))
+	ca.TrustIn(t, e.other)
+	e.noCrt = ca.CAOnlyDir(t)
 	return e
-}
-
-func copyFile(t *testing.T, from, to string) {
-	t.Helper()
-	b, err := os.ReadFile(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(to, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // uri is the nbds:// URI of export for a client with the certificates in

@@ -90,14 +90,6 @@ func (r result) servedLeaf(t *testing.T) *x509.Certificate {
 	return r.client.PeerCertificates[0]
 }
 
-// caOnlyDir is a client directory that verifies p's server and has no
-// client certificate.
-func caOnlyDir(t *testing.T, p *testutil.PKI) string {
-	dir := t.TempDir()
-	copyFile(t, filepath.Join(p.Dir, CAFile), filepath.Join(dir, CAFile))
-	return dir
-}
-
 func copyFile(t *testing.T, from, to string) {
 	t.Helper()
 	data, err := os.ReadFile(from)
@@ -135,10 +127,8 @@ func TestHandshake(t *testing.T) {
 	other := testutil.NewPKI(t, "")
 	clientA := p.ClientDir(t, "client-a")
 	// Trusts p's server, presents a certificate of another CA.
-	stranger := caOnlyDir(t, p)
-	strangerCert := other.ClientDir(t, "stranger")
-	copyFile(t, filepath.Join(strangerCert, ClientCertFile), filepath.Join(stranger, ClientCertFile))
-	copyFile(t, filepath.Join(strangerCert, ClientKeyFile), filepath.Join(stranger, ClientKeyFile))
+	stranger := other.ClientDir(t, "stranger")
+	p.TrustIn(t, stranger)
 
 	tests := []struct {
 		name         string
@@ -149,9 +139,9 @@ func TestHandshake(t *testing.T) {
 		wantIdentity []string
 	}{
 		{name: "verified client certificate", verifyPeer: true, clientDir: clientA, wantOK: true, wantIdentity: []string{"client-a"}},
-		{name: "verify peer, no client certificate", verifyPeer: true, clientDir: caOnlyDir(t, p)},
+		{name: "verify peer, no client certificate", verifyPeer: true, clientDir: p.CAOnlyDir(t)},
 		{name: "verify peer, certificate of another CA", verifyPeer: true, clientDir: stranger},
-		{name: "no verification, no client certificate", clientDir: caOnlyDir(t, p), wantOK: true},
+		{name: "no verification, no client certificate", clientDir: p.CAOnlyDir(t), wantOK: true},
 		{name: "no verification: a client certificate proves nothing", clientDir: clientA, wantOK: true},
 		{name: "server name by IP SAN", clientDir: clientA, serverName: "127.0.0.1", wantOK: true},
 		{name: "server name not in the certificate", clientDir: clientA, serverName: "zerofs.example"},
@@ -313,7 +303,7 @@ func TestMinVersion(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s := load(t, Options{Dir: p.Dir, MinVersion: tc.minVersion})
-			client := loadClient(t, caOnlyDir(t, p))
+			client := loadClient(t, p.CAOnlyDir(t))
 			client.MaxVersion = tls.VersionTLS12
 			r := handshake(t, s.Config(), client)
 			if r.ok() != tc.wantOK {
@@ -453,7 +443,7 @@ func TestWatch(t *testing.T) {
 	if st := s.Status(); st.Subject != "CN=zerofs-renewed" || !strings.Contains(st.ReloadError, ServerCertFile) {
 		t.Fatalf("Status = %+v", st)
 	}
-	r := handshake(t, s.Config(), loadClient(t, caOnlyDir(t, p)))
+	r := handshake(t, s.Config(), loadClient(t, p.CAOnlyDir(t)))
 	if !r.ok() || r.servedLeaf(t).Subject.CommonName != "zerofs-renewed" {
 		t.Fatalf("handshake while the files are broken: server %v, client %v", r.serverErr, r.clientErr)
 	}

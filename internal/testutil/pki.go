@@ -190,3 +190,20 @@ func writePEM(t testing.TB, path string, perm os.FileMode, typ string, der []byt
 		t.Fatalf("testutil.PKI: write %s: %v", path, err)
 	}
 }
+
+// CAOnlyDir writes a client directory with only ca-cert.pem: a client that
+// trusts the server but has no certificate to present.
+func (p *PKI) CAOnlyDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	writePEM(t, filepath.Join(dir, pkiCAFile), 0o644, "CERTIFICATE", p.CA.Raw)
+	return dir
+}
+
+// TrustIn makes the client directory dir (from another PKI's ClientDir)
+// trust this PKI's server: the client then passes its own side of the
+// handshake and meets the server's verdict on its certificate.
+func (p *PKI) TrustIn(t testing.TB, dir string) {
+	t.Helper()
+	writePEM(t, filepath.Join(dir, pkiCAFile), 0o644, "CERTIFICATE", p.CA.Raw)
+}
