@@ -425,30 +425,19 @@ func (d *Device) backend() string {
 
 // withSockets sends cmd with conns as NBD_ATTR_SOCKETS. The kernel takes its
 // own reference to each socket, so our descriptors are closed once it has
-// answered. A TLS connection is not ours to close after that: its relay
-// (tlsrelay_linux.go) owns it and ends it when the kernel's side ends.
+// answered.
 func (d *Device) withSockets(conns []net.Conn, cmd uint8, as []attr) ([]map[uint16][]byte, error) {
-	var files []*os.File
-	handed := 0 // conns[:handed] are handed over: TCP ones closed (f duplicates them), TLS ones owned by their relay
+	files, err := kernelSockets(conns)
+	if err != nil {
+		return nil, err
+	}
 	defer func() {
 		for _, f := range files {
 			f.Close()
 		}
-		for _, nc := range conns[handed:] {
-			nc.Close() // never handed over
-		}
 	}()
 	socks := attr{typ: attrSockets, nested: []attr{}}
-	for _, nc := range conns {
-		f, err := kernelSocket(nc)
-		if err != nil {
-			return nil, err
-		}
-		if _, ok := nc.(*net.TCPConn); ok {
-			nc.Close() // f is a duplicate: the kernel's socket stays open
-		}
-		handed++
-		files = append(files, f)
+	for _, f := range files {
 		socks.nested = append(socks.nested, attr{typ: sockItem, nested: []attr{u32Attr(sockFD, uint32(f.Fd()))}})
 	}
 	return d.c.request(d.family, cmd, familyVer, append(as, socks))

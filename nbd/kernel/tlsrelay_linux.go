@@ -22,6 +22,34 @@ import (
 // READ reply crosses in a few system calls.
 const relayBuffer = 256 << 10
 
+// kernelSockets hands conns over to the kernel: it returns the file of the
+// socket to give it for each (kernelSocket), and conns are no longer the
+// caller's. A TCP connection's own socket goes to the kernel (the file is a
+// duplicate, so the connection is closed here); a TLS connection is owned
+// by its relay from then on, which ends it when the kernel's side ends —
+// closing it here would end the device's connection at once. On error,
+// everything is closed.
+func kernelSockets(conns []net.Conn) ([]*os.File, error) {
+	var files []*os.File
+	for i, nc := range conns {
+		f, err := kernelSocket(nc)
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			for _, nc := range conns[i:] {
+				nc.Close()
+			}
+			return nil, err
+		}
+		if _, ok := nc.(*net.TCPConn); ok {
+			nc.Close()
+		}
+		files = append(files, f)
+	}
+	return files, nil
+}
+
 // kernelSocket returns the file of the socket to give the kernel for nc:
 // nc's own for a TCP connection, one end of a relayed pair otherwise. The
 // caller closes the file once the kernel has taken its reference.
