@@ -21,6 +21,8 @@ build() {
   cp scripts/vm/guest-*.sh "$W/share/"
 }
 
+# NBD_EXTRA (optional): more lines for [servers.nbd], e.g. tls keys and
+# [[servers.nbd.access]] tables; set it for one call (NBD_EXTRA=... config 0).
 config() { # $1 = region
   cat <<CONF
 [cache]
@@ -32,6 +34,7 @@ url = "file://$W/region$1/store"
 encryption_password = "\${ZEROFS_PASSWORD}"
 [servers.nbd]
 addresses = ["127.0.0.1:${PORTS[$1]}"]
+${NBD_EXTRA:-}
 [servers.nfs]
 addresses = []
 [servers.admin]
