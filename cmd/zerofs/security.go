@@ -119,8 +119,10 @@ func warnExposure(cfg *config.Config, log *slog.Logger) {
 		}
 		if cfg.Servers.NBD.TLS == "off" {
 			log.Warn("NBD listens beyond loopback without TLS: whoever can reach it can read and overwrite every device, and data crosses the network unencrypted; set [servers.nbd] tls = \"require\" (docs/security.md)", "address", a)
-		} else if cfg.Servers.NBD.TLS == "on" && !cfg.Servers.NBD.TLSVerifyPeer {
-			log.Warn("NBD listens beyond loopback with TLS optional and no client certificates: clients may still connect in plaintext and need no certificate; set tls = \"require\" and tls_verify_peer = true (docs/security.md)", "address", a)
+		} else if cfg.Servers.NBD.TLS == "on" {
+			// tls_verify_peer checks certificates of TLS sessions only: a
+			// client that never starts TLS presents none.
+			log.Warn("NBD listens beyond loopback with TLS optional (tls = \"on\"): clients may still connect in plaintext, without a certificate; set tls = \"require\" (docs/security.md)", "address", a)
 		}
 		if onlyLoopback(nbdNets) {
 			log.Warn("NBD listens beyond loopback but servers.nbd.allowed_networks admits only loopback: remote clients will be refused", "address", a)

@@ -169,6 +169,11 @@ func TestWarnExposure(t *testing.T) {
 			c.Servers.NBD.AllowedNetworks = []string{"10.0.0.0/8"}
 			c.Servers.NBD.TLS = "on"
 		}, []string{"TLS optional"}},
+		{"NBD with optional TLS and client certificates", func(c *config.Config) {
+			c.Servers.NBD.Addresses = []string{"10.1.2.3:10809"}
+			c.Servers.NBD.AllowedNetworks = []string{"10.0.0.0/8"}
+			c.Servers.NBD.TLS, c.Servers.NBD.TLSVerifyPeer = "on", true
+		}, []string{"TLS optional"}},
 		{"NBD with TLS required and verified clients", func(c *config.Config) {
 			c.Servers.NBD.Addresses = []string{"10.1.2.3:10809"}
 			c.Servers.NBD.AllowedNetworks = []string{"10.0.0.0/8"}
