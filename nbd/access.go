@@ -27,7 +27,8 @@ import (
 // AccessRule lets clients whose certificate names match Client use the
 // exports matching any of Exports. Both are path.Match patterns ("db-*",
 // "*"); a certificate's names are its subject CN and its DNS, email and URI
-// subject alternative names.
+// subject alternative names, matched without regard to case. Export names
+// are matched exactly.
 type AccessRule struct {
 	Client  string
 	Exports []string
@@ -82,9 +83,12 @@ func (a *Access) allows(names []string, export string) bool {
 	return false
 }
 
+// matchAny reports whether pattern matches one of names. Case does not
+// matter: DNS names, the usual certificate names, ignore it, and a rule
+// that refused DB-A.example.com for db-a.example.com would only surprise.
 func matchAny(pattern string, names []string) bool {
 	for _, n := range names {
-		if ok, _ := path.Match(pattern, n); ok {
+		if ok, _ := path.Match(strings.ToLower(pattern), strings.ToLower(n)); ok {
 			return true
 		}
 	}

@@ -124,7 +124,11 @@ func (h *handshake) run(ctx context.Context) (*negotiated, error) {
 			if _, err := io.CopyN(io.Discard, h.br, int64(length)); err != nil {
 				return nil, fmt.Errorf("discard %d bytes of %s: %w", length, optName(code), err)
 			}
-			if err := h.replyError(code, optErrorf(repErrTooBig, "%d bytes of option data exceed this server's limit of %d", length, maxOptionLen)); err != nil {
+			e := optErrorf(repErrTooBig, "%d bytes of option data exceed this server's limit of %d", length, maxOptionLen)
+			if h.plaintextRefused(code) {
+				e = errTLSRequired // FORCEDTLS answers every plaintext option so
+			}
+			if err := h.replyError(code, e); err != nil {
 				return nil, err
 			}
 			continue
@@ -149,14 +153,13 @@ func (h *handshake) option(ctx context.Context, code uint32, data []byte) (*nego
 		_ = h.reply(code, repAck, nil)
 		return nil, errAbort
 	}
-	if h.tlsMode == TLSRequire && h.tls.conn == nil && code != optStartTLS {
+	if h.plaintextRefused(code) {
 		// FORCEDTLS: nothing is answered in plaintext, not even errors
 		// about the option's data.
-		h.refusePlaintext(code)
 		if code == optExportName {
 			return nil, errors.New("NBD_OPT_EXPORT_NAME before TLS with tls = \"require\": closing (this option has no error reply)")
 		}
-		return nil, h.replyError(code, optErrorf(repErrTLSReqd, "this server requires TLS: send NBD_OPT_STARTTLS first"))
+		return nil, h.replyError(code, errTLSRequired)
 	}
 	if code == optExportName {
 		if oerr != nil {

@@ -74,6 +74,7 @@ type tlsState struct {
 func (h *handshake) startTLS(ctx context.Context) error {
 	switch {
 	case h.tlsMode == TLSOff || h.tlsConf == nil || h.raw == nil:
+		// h.tlsConf or h.raw is nil only in tests of the negotiation alone.
 		return h.replyError(optStartTLS, optErrorf(repErrPolicy, "TLS is off on this server (servers.nbd.tls)"))
 	case h.tls.conn != nil:
 		return h.replyError(optStartTLS, optErrorf(repErrInvalid, "TLS is already started"))
@@ -101,13 +102,20 @@ func (h *handshake) startTLS(ctx context.Context) error {
 	return nil
 }
 
-// refusePlaintext logs, once per connection, that a client was refused for
-// not starting TLS.
-func (h *handshake) refusePlaintext(code uint32) {
+var errTLSRequired = optErrorf(repErrTLSReqd, "this server requires TLS: send NBD_OPT_STARTTLS first")
+
+// plaintextRefused reports whether option code must be refused because TLS
+// is required and not started (every option but STARTTLS and ABORT); it
+// logs, once per connection, that the client was refused.
+func (h *handshake) plaintextRefused(code uint32) bool {
+	if h.tlsMode != TLSRequire || h.tls.conn != nil || code == optStartTLS || code == optAbort {
+		return false
+	}
 	if !h.refused {
 		h.refused = true
 		h.log.Warn("nbd: refused a client that did not start TLS (servers.nbd.tls = \"require\")", "option", optName(code))
 	}
+	return true
 }
 
 // mayUse decides whether this client may use export name (access.go): nil,

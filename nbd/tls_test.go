@@ -229,7 +229,8 @@ func TestTLSNegotiation(t *testing.T) {
 			code uint32
 			data []byte
 		}{{optList, nil}, {optInfo, nameData("b-disk", 0, 0)}, {optGo, nameData("b-disk", 0, 0)},
-			{optStructuredReply, nil}, {99, []byte{1, 2}}, {optInfo, []byte{0xff}}} {
+			{optStructuredReply, nil}, {99, []byte{1, 2}}, {optInfo, []byte{0xff}},
+			{optList, make([]byte, maxOptionLen+1)}} {
 			if typ := c.option(t, o.code, o.data); typ != repErrTLSReqd {
 				t.Fatalf("%s before TLS: reply %s, want NBD_REP_ERR_TLS_REQD", optName(o.code), repName(typ))
 			}
@@ -425,5 +426,41 @@ func TestAllowedNetworks(t *testing.T) {
 				nc.Close()
 			}
 		})
+	}
+}
+
+func TestAccessRules(t *testing.T) {
+	a, err := NewAccess([]AccessRule{
+		{Client: "db-a.example.com", Exports: []string{"pg-a", "scratch-*"}},
+		{Client: "*.ops.example.com", Exports: []string{"*"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		names  []string
+		export string
+		want   bool
+	}{
+		{"its own device", []string{"db-a.example.com"}, "pg-a", true},
+		{"names in another case", []string{"DB-A.Example.COM"}, "pg-a", true},
+		{"an export pattern", []string{"db-a.example.com"}, "scratch-1", true},
+		{"export names match exactly", []string{"db-a.example.com"}, "PG-A", false},
+		{"another host's device", []string{"db-a.example.com"}, "pg-b", false},
+		{"a SAN matches", []string{"db-x", "admin.ops.example.com"}, "pg-b", true},
+		{"no verified certificate", nil, "pg-a", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := a.allows(tc.names, tc.export); got != tc.want {
+				t.Fatalf("allows(%v, %q) = %v, want %v", tc.names, tc.export, got, tc.want)
+			}
+		})
+	}
+	if !(*Access)(nil).allows(nil, "anything") {
+		t.Fatal("no rules must allow everything")
+	}
+	if _, err := NewAccess([]AccessRule{{Client: "x", Exports: []string{"["}}}); err == nil {
+		t.Fatal("a malformed pattern was accepted")
 	}
 }

@@ -147,7 +147,10 @@ func cmdStatus(args []string) error {
 	if t := s.NBDTLS; t != nil {
 		left := time.Until(t.NotAfter)
 		line := fmt.Sprintf("%s, expires %s (in %d days)", t.Subject, t.NotAfter.UTC().Format(time.RFC3339), int(left.Hours()/24))
-		if left < 30*24*time.Hour {
+		switch {
+		case left <= 0:
+			line = fmt.Sprintf("%s, EXPIRED on %s: every new TLS connection fails; renew it", t.Subject, t.NotAfter.UTC().Format(time.RFC3339))
+		case left < 30*24*time.Hour:
 			line += ": renew it soon"
 		}
 		if t.ReloadError != "" {

@@ -41,9 +41,10 @@ func cmdRun(args []string) error {
 	if *cfgPath == "" {
 		return errors.New("-c FILE is required (zerofs init zerofs.toml writes a template)")
 	}
-	// SIGHUP reloads the TLS certificates. It is caught from the first
-	// moment: its default action would end the process without a clean
-	// stop (an operator's `systemctl reload` on a server without TLS).
+	// SIGHUP reloads the TLS certificates. It is caught before anything
+	// else `zerofs run` does: its default action would end the process
+	// without a clean stop (an operator's `systemctl reload` on a server
+	// without TLS). Only the Go runtime's start comes before this.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -272,7 +273,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, hup <-chan
 	}
 	sec.watch(ctx, log, hup)
 	log.Info("serving", "start_to_serving", time.Since(processStart).Round(time.Millisecond), "disk_cache_index", index)
-	printHowTo(cfg)
+	printHowTo(cfg, sec.serverName())
 
 	select {
 	case <-ctx.Done():
@@ -285,8 +286,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, hup <-chan
 	return err
 }
 
-// printHowTo tells the user exactly how to attach and mount.
-func printHowTo(cfg *config.Config) {
+// printHowTo tells the user exactly how to attach and mount. tlsName, if
+// set, is the name clients must reach NBD by: its certificate's.
+func printHowTo(cfg *config.Config, tlsName string) {
 	self := os.Args[0] // bin/zerofs under make run, zerofs when installed
 	var b strings.Builder
 	b.WriteString("zerofs is ready.\n")
@@ -298,6 +300,9 @@ func printHowTo(cfg *config.Config) {
 		}
 		fmt.Fprintf(&b, "  create a device:  %s nbd create disk0 --size 10G%s\n", self, admin)
 		tlsFlag, uri := "", fmt.Sprintf("nbd://%s/disk0", net.JoinHostPort(host, port))
+		if tlsName != "" {
+			host = tlsName
+		}
 		if cfg.Servers.NBD.TLS != "off" {
 			// DIR: the client's certificates (docs/security.md).
 			tlsFlag = " --tls DIR"

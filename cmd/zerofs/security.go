@@ -72,6 +72,19 @@ func (s nbdSecurity) tlsConfig() *tls.Config {
 	return s.certs.Config()
 }
 
+// serverName is a name the server's certificate carries, for the start-up
+// hints: clients verify it, so the address alone may not do ("" without
+// TLS, or a certificate without DNS names).
+func (s nbdSecurity) serverName() string {
+	if s.certs == nil {
+		return ""
+	}
+	if names := s.certs.Status().DNSNames; len(names) > 0 {
+		return names[0]
+	}
+	return ""
+}
+
 // status describes the certificate in use (nil without TLS).
 func (s nbdSecurity) status() func() pki.Status {
 	if s.certs == nil {
@@ -97,7 +110,7 @@ func (s nbdSecurity) watch(ctx context.Context, log *slog.Logger, hup <-chan os.
 					continue
 				}
 				if err := s.certs.Reload(); err != nil {
-					log.Error("SIGHUP: reloading the NBD certificates failed; the ones in use stay", "err", err)
+					log.Error("SIGHUP: reloading the NBD certificates failed; the ones in use stay", "file", pki.ErrorFile(err), "err", err)
 				}
 			}
 		}

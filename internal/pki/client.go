@@ -17,8 +17,9 @@ import (
 // (both or neither), for a server that verifies its peers.
 //
 // serverName is the name the server's certificate must carry: the host part
-// of the address (an IP works if the certificate has that IP SAN). If ""
-// tls.Dial takes it from the address it dials.
+// of the address (an IP works if the certificate has that IP SAN). Give
+// one: the configuration goes to tls.Client, which has no address to take
+// a name from.
 //
 // The minimum version is TLS 1.2: the server enforces its own minimum, and
 // the client should reach any server that is configured with one zerofs

@@ -65,8 +65,8 @@ type fileError struct {
 func (e *fileError) Error() string   { return e.msg }
 func (e *fileError) Unwrap() []error { return e.errs }
 
-// errorFile returns the file an error of this package names, or "".
-func errorFile(err error) string {
+// ErrorFile is the file a load error names ("" if none), for logs.
+func ErrorFile(err error) string {
 	var fe *fileError
 	if errors.As(err, &fe) {
 		return fe.path

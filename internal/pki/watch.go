@@ -3,6 +3,7 @@ package pki
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"time"
 )
 
@@ -25,7 +26,9 @@ func (s *Server) Watch(ctx context.Context, interval time.Duration) {
 	}
 	// Compare with what the certificates in use were read from, not with
 	// the files now: a change between Load and Watch is a change too.
-	last := s.cur.Load().files
+	loaded := s.cur.Load()
+	last := loaded.files
+	expiredLogged := false
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -33,6 +36,18 @@ func (s *Server) Watch(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if cur := s.cur.Load(); cur != loaded {
+			// Reloaded elsewhere (SIGHUP): compare with what that read,
+			// or the same change would be loaded twice.
+			loaded, last, expiredLogged = cur, cur.files, false
+		}
+		if !expiredLogged && s.opts.Now().After(loaded.status.NotAfter) {
+			// Every new handshake fails from now on, and clients see only
+			// a failed handshake: say why, once.
+			expiredLogged = true
+			s.opts.Logger.Error("pki: the server certificate has expired: every new TLS connection fails; renew it",
+				"file", filepath.Join(s.opts.Dir, ServerCertFile), "not_after", loaded.status.NotAfter)
 		}
 		paths := make([]string, len(last))
 		for i, f := range last {
@@ -46,7 +61,7 @@ func (s *Server) Watch(ctx context.Context, interval time.Duration) {
 		last = now
 		if err := s.Reload(); err != nil {
 			s.opts.Logger.Error("pki: reloading TLS certificates failed; still serving the previous ones",
-				"file", errorFile(err), "changed", changed, "err", err)
+				"file", ErrorFile(err), "changed", changed, "err", err)
 		}
 	}
 }
