@@ -8,6 +8,9 @@
 //	protocol.go      wire constants
 //	options.go       option decoding and option-reply encoding (pure)
 //	handshake.go     fixed-newstyle negotiation
+//	tls.go           STARTTLS: the three modes, and TLS replies in batches
+//	access.go        who may attach what: networks, certificates, rules
+//	dial.go          the client side of the handshake (zerofs nbd attach)
 //	request.go       request decoding and validation (pure)
 //	reply.go         simple and structured reply encoding (pure)
 //	transmission.go  a connection: reader, workers, writer
@@ -30,14 +33,15 @@
 // exports SEND_FUA, SEND_TRIM, SEND_WRITE_ZEROES and SEND_FAST_ZERO
 // (zeroing punches a hole: one metadata operation at any length); READ_ONLY
 // for exports whose file lacks the owner write bit. Structured replies and
-// the base:allocation metadata context are offered; extended headers and
-// TLS are not. Block sizes: minimum 1, preferred 4096, maximum payload
-// 32 MiB (the spec's defaults).
+// the base:allocation metadata context are offered, and STARTTLS
+// (Options.TLSMode); extended headers are not. Block sizes: minimum 1,
+// preferred 4096, maximum payload 32 MiB (the spec's defaults; up to
+// Options.MaxPayload is served, see protocol.go).
 //
 // # Decisions where the spec leaves a choice
 //
-// Negotiation (details in handshake.go): STARTTLS is refused with
-// NBD_REP_ERR_POLICY; an unknown or invalid export name is
+// Negotiation (details in handshake.go and tls.go): STARTTLS per the TLS
+// mode (off: NBD_REP_ERR_POLICY); an unknown or invalid export name is
 // NBD_REP_ERR_UNKNOWN (NBD_OPT_EXPORT_NAME closes the connection, having no
 // error reply); option data above 64 KiB is discarded and refused with
 // NBD_REP_ERR_TOO_BIG up to 16 MiB and closes the connection beyond; at most
@@ -47,9 +51,9 @@
 //   - Past the end: ENOSPC for WRITE and WRITE_ZEROES, EINVAL otherwise.
 //   - Zero-length READ, WRITE, TRIM, WRITE_ZEROES and CACHE succeed as
 //     no-ops; zero-length BLOCK_STATUS is EINVAL.
-//   - READ above 32 MiB: EINVAL (simple replies) or EOVERFLOW (structured).
-//     WRITE above 32 MiB: EINVAL, its payload read and discarded, never
-//     buffered, so the stream stays in sync.
+//   - READ above Options.MaxPayload (64 MiB): EINVAL (simple replies) or
+//     EOVERFLOW (structured). WRITE above it: EINVAL, its payload read and
+//     discarded, never buffered, so the stream stays in sync.
 //   - Unknown commands and undocumented flags: EINVAL, connection kept
 //     (an unknown command is assumed to carry no payload; if it did, the
 //     next header fails the magic check). FUA is accepted on every command.

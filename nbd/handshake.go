@@ -83,10 +83,6 @@ type handshake struct {
 // (errAbort), or something fails. It reads from h.br and writes to h.bw; the
 // caller enforces the handshake deadline on the underlying connection.
 func (h *handshake) negotiate(ctx context.Context) (*negotiated, error) {
-	return h.run(ctx)
-}
-
-func (h *handshake) run(ctx context.Context) (*negotiated, error) {
 	greeting := binary.BigEndian.AppendUint64(nil, nbdMagic)
 	greeting = binary.BigEndian.AppendUint64(greeting, optMagic)
 	greeting = binary.BigEndian.AppendUint16(greeting, flagFixedNewstyle|flagNoZeroes)

@@ -110,7 +110,8 @@ func flagsAllowed(typ uint16, s session) uint16 {
 //     to have none; if a client sent one anyway, the next "header" fails the
 //     magic check and the connection is closed.
 //   - Flags not documented for the command (or not negotiated): EINVAL.
-//   - Payload sizes: WRITE above the 32 MiB maximum payload is EINVAL (its
+//   - Payload sizes: WRITE above the session's maximum payload (served: up
+//     to Options.MaxPayload, 64 MiB by default) is EINVAL (its
 //     payload is read and discarded, never buffered); READ above it is
 //     EINVAL with simple replies and EOVERFLOW with structured replies
 //     (the spec's error for "retry with smaller reads").
