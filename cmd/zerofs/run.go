@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -217,10 +216,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, hup <-chan
 		}()
 		log.Info("serving NBD", "address", ln.Addr().String(), "tls", sec.mode.String(), "allowed_networks", cfg.Servers.NBD.AllowedNetworks)
 	}
-	var allowed []netip.Prefix
-	for _, n := range cfg.Servers.NFS.AllowedNetworks {
-		allowed = append(allowed, netip.MustParsePrefix(n)) // validated by config
-	}
+	allowed := parseNets(cfg.Servers.NFS.AllowedNetworks)
 	for _, addr := range cfg.Servers.NFS.Addresses {
 		ln, err := listen("NFS", addr)
 		if err != nil {

@@ -34,10 +34,7 @@ const certWatchInterval = 10 * time.Second
 // line naming the file, and touches nothing.
 func loadNBDSecurity(cfg *config.Config, log *slog.Logger) (nbdSecurity, error) {
 	c := cfg.Servers.NBD
-	var sec nbdSecurity
-	for _, n := range c.AllowedNetworks {
-		sec.networks = append(sec.networks, netip.MustParsePrefix(n)) // validated by config
-	}
+	sec := nbdSecurity{networks: parseNets(c.AllowedNetworks)}
 	var err error
 	if sec.mode, err = nbd.ParseTLSMode(c.TLS); err != nil {
 		return sec, err
