@@ -54,12 +54,12 @@ func (s *Server) Reload() error {
 	defer s.mu.Unlock()
 	st, err := s.load()
 	if err != nil {
-		failed := *s.cur.Load()
-		failed.status.ReloadError = err.Error()
-		s.cur.Store(&failed)
+		msg := err.Error()
+		s.reloadErr.Store(&msg)
 		return err
 	}
 	s.cur.Store(st)
+	s.reloadErr.Store(nil)
 	s.logLoaded(st)
 	return nil
 }

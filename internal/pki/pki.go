@@ -93,7 +93,11 @@ type Options struct {
 type Server struct {
 	opts Options // normalized: Logger, Now and MinVersion set
 	mu   sync.Mutex
-	cur  atomic.Pointer[state]
+	// cur changes only when a load succeeds: Watch tells a reload done
+	// elsewhere (SIGHUP) by it. A failed reload leaves it and sets
+	// reloadErr.
+	cur       atomic.Pointer[state]
+	reloadErr atomic.Pointer[string] // the last reload's error; nil after a success
 }
 
 // state is one loaded set of certificates. Never modified once stored.
@@ -149,6 +153,9 @@ func (s *Server) clientAuth() tls.ClientAuthType {
 func (s *Server) Status() Status {
 	st := s.cur.Load().status
 	st.DNSNames = slices.Clone(st.DNSNames) // the state's own slice stays immutable
+	if e := s.reloadErr.Load(); e != nil {
+		st.ReloadError = *e
+	}
 	return st
 }
 

@@ -449,6 +449,33 @@ func TestWatch(t *testing.T) {
 	}
 }
 
+// TestWatchFailedReloadOnce: files that fail to load are tried once per
+// change, not again at every poll while they stay broken.
+func TestWatchFailedReloadOnce(t *testing.T) {
+	p := testutil.NewPKI(t, "")
+	logger, logs := testutil.CaptureLogs()
+	s := load(t, Options{Dir: p.Dir, Logger: logger})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Watch(ctx, 10*time.Millisecond)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := os.WriteFile(filepath.Join(p.Dir, ServerCertFile), []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); s.Status().ReloadError == ""; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Watch did not try the broken files within 10s")
+		}
+	}
+	time.Sleep(30 * 10 * time.Millisecond) // thirty polls with nothing changed
+	if n := strings.Count(logs(), "reloading TLS certificates failed"); n != 1 {
+		t.Fatalf("%d failed reloads logged for one change, want 1:\n%s", n, logs())
+	}
+}
+
 func TestExpiryWarning(t *testing.T) {
 	tests := []struct {
 		name     string

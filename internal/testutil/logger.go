@@ -55,3 +55,27 @@ func (w *testWriter) stop() {
 	w.done = true
 	w.mu.Unlock()
 }
+
+// CaptureLogs returns a logger (every level) and a function that returns
+// what it has logged so far; both are safe while goroutines log.
+func CaptureLogs() (*slog.Logger, func() string) {
+	b := &lockedBuffer{}
+	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug})), b.String
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
