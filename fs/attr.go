@@ -72,6 +72,9 @@ func (f *FS) Access(ctx context.Context, c *Cred, ino uint64, want uint32) (uint
 	}
 	var got uint32
 	for _, bit := range []uint32{accessRead, accessWrite, accessExec} {
+		if bit == accessWrite && IsSnapshotIno(ino) {
+			continue
+		}
 		if want&bit != 0 && c.access(&n, bit) == nil {
 			got |= bit
 		}
@@ -81,6 +84,18 @@ func (f *FS) Access(ctx context.Context, c *Cred, ino uint64, want uint32) (uint
 
 // GetAttr returns ino's attributes.
 func (f *FS) GetAttr(ctx context.Context, ino uint64) (Inode, error) {
+	if IsSnapshotIno(ino) {
+		if ino == snapDirIno {
+			return f.snapDirAttr(ctx)
+		}
+		var n Inode
+		err := f.withView(ctx, ino, func(v *view, real uint64) (err error) {
+			n, err = v.fs.GetAttr(ctx, real)
+			n = v.out(n)
+			return err
+		})
+		return n, err
+	}
 	return f.getInode(f.chain(), ino)
 }
 
@@ -151,6 +166,9 @@ var ErrGuard = errors.New("setattr guard mismatch")
 // SetAttr changes ino's attributes with POSIX permission rules and returns the
 // attributes before and after.
 func (f *FS) SetAttr(ctx context.Context, c *Cred, ino uint64, s SetAttrs) (before, after Inode, err error) {
+	if IsSnapshotIno(ino) {
+		return before, after, refuseView("setattr", ino)
+	}
 	if s.Size != nil {
 		adm, err := f.reserve(ctx, 0)
 		if err != nil {

@@ -63,27 +63,50 @@ func (f *FS) checkpoint(ctx context.Context) error {
 	if f.appliedPosition() == f.lastCkpt {
 		return nil
 	}
-	started := time.Now()
 	tmp := filepath.Join(f.opts.Dir, "checkpoint.tmp")
-	if err := os.RemoveAll(tmp); err != nil {
+	defer os.RemoveAll(tmp)
+	ms, err := f.snapshotMeta(ctx, tmp)
+	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
+	return f.publishCheckpoint(ctx, ms, nil)
+}
+
+// metaSnapshot is a consistent copy of the applied metadata: a pebble
+// checkpoint (hard links) in dir, and in the bucket its files and descriptor.
+type metaSnapshot struct {
+	dir      string
+	desc     ckptDesc
+	descKey  string
+	objects  []ObjRef // data objects it references (live bytes > 0)
+	uploaded int64
+	started  time.Time
+}
+
+// snapshotMeta takes a pebble checkpoint of the applied metadata into dir
+// and uploads the files of it the bucket lacks, then its descriptor. The
+// caller holds ckptMu.
+func (f *FS) snapshotMeta(ctx context.Context, dir string) (*metaSnapshot, error) {
+	ms := &metaSnapshot{dir: dir, started: time.Now()}
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, err
+	}
 	// Flush first so the snapshot is SST files (shared with the previous
 	// checkpoint where unchanged) rather than a large pebble log.
 	if err := f.db.Flush(); err != nil {
-		return fmt.Errorf("checkpoint: flush metadata: %w", err)
+		return nil, fmt.Errorf("checkpoint: flush metadata: %w", err)
 	}
-	if err := f.db.Checkpoint(tmp, pebble.WithFlushedWAL()); err != nil {
-		return fmt.Errorf("checkpoint: snapshot metadata: %w", err)
+	if err := f.db.Checkpoint(dir, pebble.WithFlushedWAL()); err != nil {
+		return nil, fmt.Errorf("checkpoint: snapshot metadata: %w", err)
 	}
-	pos, err := snapshotPosition(tmp)
+	pos, objects, err := snapshotContents(dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	ms.objects = objects
 	prev, err := f.prevCheckpoint(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	have := make(map[string]ckptFile)
 	if prev != nil {
@@ -91,19 +114,18 @@ func (f *FS) checkpoint(ctx context.Context) error {
 			have[cf.Hash] = cf
 		}
 	}
-	desc := ckptDesc{Version: 1, Pos: pos}
-	entries, err := os.ReadDir(tmp)
+	ms.desc = ckptDesc{Version: 1, Pos: pos}
+	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var uploaded int64
 	for _, e := range entries {
 		if e.IsDir() {
 			continue
 		}
-		data, err := os.ReadFile(filepath.Join(tmp, e.Name()))
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		sum := sha256.Sum256(data)
 		cf := ckptFile{Name: e.Name(), Size: int64(len(data)), Hash: hex.EncodeToString(sum[:])}
@@ -112,44 +134,73 @@ func (f *FS) checkpoint(ctx context.Context) error {
 		} else {
 			cf.Key = fmt.Sprintf("%s%06x/%s", metaPrefix, f.epoch, cf.Hash)
 			if _, err := f.main.Put(ctx, cf.Key, crypt.SealBlob(f.key, data, f.blobAAD(cf.Key))); err != nil {
-				return fmt.Errorf("checkpoint: upload %s: %w", e.Name(), err)
+				return nil, fmt.Errorf("checkpoint: upload %s: %w", e.Name(), err)
 			}
-			uploaded += int64(len(data))
+			ms.uploaded += int64(len(data))
 		}
-		desc.Files = append(desc.Files, cf)
+		ms.desc.Files = append(ms.desc.Files, cf)
 	}
-	descKey := fmt.Sprintf("%s%06x/ckpt-%016x", metaPrefix, f.epoch, pos.Seq)
-	body, _ := json.Marshal(desc)
-	if _, err := f.main.Put(ctx, descKey, crypt.SealBlob(f.key, body, f.blobAAD(descKey))); err != nil {
-		return fmt.Errorf("checkpoint: upload descriptor: %w", err)
+	ms.descKey = fmt.Sprintf("%s%06x/ckpt-%016x", metaPrefix, f.epoch, pos.Seq)
+	body, _ := json.Marshal(ms.desc)
+	if _, err := f.main.Put(ctx, ms.descKey, crypt.SealBlob(f.key, body, f.blobAAD(ms.descKey))); err != nil {
+		return nil, fmt.Errorf("checkpoint: upload descriptor: %w", err)
 	}
-	if err := f.wal.SetBase(ctx, pos, descKey); err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
-	}
-	f.lastCkpt = pos
-	f.prevDesc = &desc
-	f.log.Info("checkpoint", "seq", pos.Seq, "files", len(desc.Files), "uploaded_bytes", uploaded,
-		"elapsed", time.Since(started).Round(time.Millisecond))
+	return ms, nil
+}
 
-	// The head has moved: what only older checkpoints reference can go.
-	if err := f.sweepMeta(ctx, descKey, &desc); err != nil {
-		f.log.Warn("checkpoint: removing old metadata files", "err", err)
+// publishCheckpoint moves the WAL head to ms and removes what only older
+// checkpoints and the WAL records before it needed, keeping whatever a
+// snapshot still uses (snapshot.go), and also the objects of pin: a snapshot
+// being created, not yet recorded. The caller holds ckptMu.
+func (f *FS) publishCheckpoint(ctx context.Context, ms *metaSnapshot, pin *metaSnapshot) error {
+	pos := ms.desc.Pos
+	if pos != f.lastCkpt {
+		if err := f.wal.SetBase(ctx, pos, ms.descKey); err != nil {
+			return fmt.Errorf("checkpoint: %w", err)
+		}
+		f.lastCkpt = pos
+		f.prevDesc = &ms.desc
+		f.log.Info("checkpoint", "seq", pos.Seq, "files", len(ms.desc.Files), "uploaded_bytes", ms.uploaded,
+			"elapsed", time.Since(ms.started).Round(time.Millisecond))
 	}
-	if err := f.truncateWAL(ctx, pos); err != nil {
+	pins, err := f.snapshotPins()
+	if err != nil {
+		return err
+	}
+	if pin != nil {
+		pins.add(pin.objects, pin.desc.Files)
+	}
+	// The head has moved: what only older checkpoints reference can go.
+	if f.prevDesc != nil {
+		if err := f.sweepMeta(ctx, f.wal.Head().Checkpoint, f.prevDesc, pins); err != nil {
+			f.log.Warn("checkpoint: removing old metadata files", "err", err)
+		}
+	}
+	if err := f.truncateWAL(ctx, f.lastCkpt, pins); err != nil {
 		f.log.Warn("checkpoint: removing covered WAL records", "err", err)
 	}
 	return nil
 }
 
-// snapshotPosition reads the applied position recorded in a snapshot: the
-// exact WAL position the snapshot covers.
-func snapshotPosition(dir string) (wal.Position, error) {
+// snapshotContents reads what a metadata snapshot holds: the exact WAL
+// position it covers, and the data objects its chunks reference.
+func snapshotContents(dir string) (wal.Position, []ObjRef, error) {
 	db, err := pebble.Open(dir, &pebble.Options{ReadOnly: true, Logger: quietLogger{}})
 	if err != nil {
-		return wal.Position{}, fmt.Errorf("checkpoint: open snapshot: %w", err)
+		return wal.Position{}, nil, fmt.Errorf("checkpoint: open snapshot: %w", err)
 	}
 	defer db.Close()
-	return readApplied(db)
+	pos, err := readApplied(db)
+	if err != nil {
+		return pos, nil, err
+	}
+	var objs []ObjRef
+	err = scanObjectsOf(db, func(o ObjRef, info objInfo) {
+		if info.Live > 0 {
+			objs = append(objs, o)
+		}
+	})
+	return pos, objs, err
 }
 
 type quietLogger struct{}
@@ -265,12 +316,15 @@ func writeFileSync(path string, data []byte) error {
 	return fd.Close()
 }
 
-// sweepMeta deletes metadata objects of this and older epochs that the
-// current checkpoint does not use.
-func (f *FS) sweepMeta(ctx context.Context, descKey string, d *ckptDesc) error {
+// sweepMeta deletes metadata objects of this and older epochs that neither
+// the current checkpoint nor a snapshot uses.
+func (f *FS) sweepMeta(ctx context.Context, descKey string, d *ckptDesc, pins *pinSet) error {
 	keep := map[string]bool{descKey: true}
 	for _, cf := range d.Files {
 		keep[cf.Key] = true
+	}
+	for k := range pins.files {
+		keep[k] = true
 	}
 	infos, err := f.main.List(ctx, metaPrefix)
 	if err != nil {
@@ -297,8 +351,9 @@ func (f *FS) sweepMeta(ctx context.Context, descKey string, d *ckptDesc) error {
 }
 
 // truncateWAL deletes WAL records the checkpoint at pos covers, except those
-// still holding live data (they are data objects now; GC packs them).
-func (f *FS) truncateWAL(ctx context.Context, pos wal.Position) error {
+// still holding live data (they are data objects now; GC packs them) or
+// data a snapshot holds.
+func (f *FS) truncateWAL(ctx context.Context, pos wal.Position, pins *pinSet) error {
 	seqs, err := f.wal.Seqs(ctx)
 	if err != nil {
 		return err
@@ -314,7 +369,7 @@ func (f *FS) truncateWAL(ctx context.Context, pos wal.Position) error {
 		if err != nil {
 			return err
 		}
-		if ok && info.Live > 0 {
+		if ok && info.Live > 0 || pins.objects[obj] > 0 {
 			continue
 		}
 		if err := f.wal.Delete(ctx, seq); err != nil {

@@ -50,6 +50,20 @@ type FrameRef struct {
 	Off  uint64 // byte offset of the frame in the object
 	Size uint32 // encoded length
 	Raw  uint32 // decoded length
+	// Ino is the inode the frame was sealed for when that is not the
+	// chunk's own: a clone or a restored file shares its source's frames
+	// (clone.go), and a frame's associated data binds the inode it was
+	// written to. Zero means the chunk's own inode. The chunk index is
+	// always the same: a clone maps each chunk onto the same chunk.
+	Ino uint64
+}
+
+// sealedIno is the inode frame r was sealed for, read as chunk of inode ino.
+func (r FrameRef) sealedIno(ino uint64) uint64 {
+	if r.Ino != 0 {
+		return r.Ino
+	}
+	return ino
 }
 
 // Piece maps chunk bytes [Off, Off+Len) to frame bytes [Skip, Skip+Len).
@@ -99,6 +113,11 @@ func insertPiece(pieces []Piece, p Piece) []Piece {
 
 const maxPieces = 1 << 16
 
+// kindHasIno, set in a piece's object-kind byte, says the frame's sealing
+// inode (FrameRef.Ino) follows. Pieces written before clones existed never
+// set it, so their bytes read the same (fs/testdata holds such entries).
+const kindHasIno = 0x80
+
 func encodePieces(pieces []Piece) []byte {
 	b := make([]byte, 0, 1+len(pieces)*32)
 	b = binary.AppendUvarint(b, uint64(len(pieces)))
@@ -113,7 +132,12 @@ func appendPiece(b []byte, p Piece) []byte {
 	b = binary.AppendUvarint(b, uint64(p.Len))
 	b = binary.AppendUvarint(b, uint64(p.Skip))
 	b = binary.LittleEndian.AppendUint64(b, p.Frame.ID)
-	b = append(b, byte(p.Frame.Obj.Kind))
+	if p.Frame.Ino != 0 {
+		b = append(b, byte(p.Frame.Obj.Kind)|kindHasIno)
+		b = binary.AppendUvarint(b, p.Frame.Ino)
+	} else {
+		b = append(b, byte(p.Frame.Obj.Kind))
+	}
 	b = binary.AppendUvarint(b, p.Frame.Obj.ID)
 	b = binary.AppendUvarint(b, p.Frame.Off)
 	b = binary.AppendUvarint(b, uint64(p.Frame.Size))
@@ -126,7 +150,14 @@ func (d *decoder) piece() Piece {
 	p.Len = d.uint32()
 	p.Skip = d.uint32()
 	p.Frame.ID = d.fixed64()
-	p.Frame.Obj.Kind = ObjKind(d.byte())
+	kind := d.byte()
+	if kind&kindHasIno != 0 {
+		kind &^= kindHasIno
+		if p.Frame.Ino = d.uvarint(); p.Frame.Ino == 0 {
+			d.fail(fmt.Errorf("piece of frame %016x names inode 0", p.Frame.ID))
+		}
+	}
+	p.Frame.Obj.Kind = ObjKind(kind)
 	p.Frame.Obj.ID = d.uvarint()
 	p.Frame.Off = d.uvarint()
 	p.Frame.Size = d.uint32()

@@ -26,6 +26,14 @@ const maxExtentChunks = 1 << 16
 // Its cost grows with the chunks that hold data, not with the range: holes
 // are skipped with one seek.
 func (f *FS) Extents(ctx context.Context, ino, off, length uint64) ([]Extent, error) {
+	if IsSnapshotIno(ino) {
+		var ext []Extent
+		err := f.withView(ctx, ino, func(v *view, real uint64) (err error) {
+			ext, err = v.fs.Extents(ctx, real, off, length)
+			return err
+		})
+		return ext, err
+	}
 	chain := f.chain()
 	n, err := f.getInode(chain, ino)
 	if err != nil {

@@ -289,7 +289,7 @@ func (f *FS) diskFrame(w frameWant, scan bool) ([]byte, bool) {
 	if !ok {
 		return nil, false
 	}
-	fid := frame.ID{Frame: w.ref.ID, Ino: w.id.ino, Chunk: w.id.idx}
+	fid := frame.ID{Frame: w.ref.ID, Ino: w.ref.sealedIno(w.id.ino), Chunk: w.id.idx}
 	raw, err := f.coder.Decode(nil, enc, fid)
 	if err == nil && len(raw) == int(w.ref.Raw) {
 		return raw, true
@@ -301,7 +301,7 @@ func (f *FS) diskFrame(w frameWant, scan bool) ([]byte, bool) {
 
 // decodeFrame authenticates and decodes frame w as read from the store.
 func (f *FS) decodeFrame(w frameWant, enc []byte) ([]byte, error) {
-	fid := frame.ID{Frame: w.ref.ID, Ino: w.id.ino, Chunk: w.id.idx}
+	fid := frame.ID{Frame: w.ref.ID, Ino: w.ref.sealedIno(w.id.ino), Chunk: w.id.idx}
 	raw, err := f.coder.Decode(nil, enc, fid)
 	if err == nil && len(raw) != int(w.ref.Raw) {
 		err = fmt.Errorf("frame %016x decoded to %d bytes, metadata says %d: %w", w.ref.ID, len(raw), w.ref.Raw, frame.ErrCorrupt)

@@ -240,12 +240,18 @@ type FS struct {
 	marks     marks     // unflushed-write marks (marks.go)
 	pebbleLog pebbleLog // rate limit of pebble's error lines (recover.go)
 
+	// Snapshots (snapshot.go, view.go). Lock order: snapMu, gcMu, ckptMu.
+	snapMu     sync.Mutex // one snapshot change at a time
+	viewOpenMu sync.Mutex // one view opening at a time
+	viewsMu    sync.Mutex
+	views      map[uint64]*view // open snapshot views by id
+
 	ckptMu    sync.Mutex // one checkpoint at a time
 	gcMu      sync.Mutex // one GC pass at a time
 	lastSweep time.Time  // of orphan segments; guarded by gcMu
 	lastCkpt  wal.Position
 	prevDesc  *ckptDesc // the checkpoint the head names, once loaded
-	stats     Stats
+	stats     *Stats // shared with snapshot views (view.go)
 
 	statMu   sync.Mutex // StatFS's cached sum of object sizes
 	statAt   time.Time
@@ -305,6 +311,8 @@ func Open(ctx context.Context, opts Options) (*FS, error) {
 		doneCh:  make(chan *batch, 1024),
 		applyCh: make(chan *batch, 1024),
 		stop:    make(chan struct{}),
+		stats:   new(Stats),
+		views:   make(map[uint64]*view),
 
 		diskWriters: make(chan struct{}, diskWriters),
 	}
@@ -320,6 +328,11 @@ func Open(ctx context.Context, opts Options) (*FS, error) {
 	err = f.recover(ctx)
 	if err == nil {
 		err = f.loadMarks(ctx)
+	}
+	if err == nil {
+		if serr := f.removeStaleSnapshotDirs(); serr != nil {
+			f.log.Warn("removing stale local snapshot metadata", "err", serr)
+		}
 	}
 	if err == nil && opts.DiskCacheBytes > 0 {
 		// One slot holds one encoded frame of a whole chunk.
@@ -504,6 +517,7 @@ func (f *FS) shutdown() {
 	f.memCV.Broadcast()
 	f.wakeAllLocked()
 	f.memMu.Unlock()
+	f.closeViews()
 	if err := f.db.Close(); err != nil {
 		f.log.Warn("closing metadata database", "err", err)
 	}
@@ -539,7 +553,7 @@ type Stats struct {
 }
 
 // Stats returns the filesystem's counters.
-func (f *FS) Stats() *Stats { return &f.stats }
+func (f *FS) Stats() *Stats { return f.stats }
 
 // ChangePassword rewraps the filesystem's data key in main under a new
 // password. Data is not touched: the data key itself does not change, so a

@@ -34,9 +34,12 @@ import (
 //  4. sweeps segments of older epochs that no record names: uploads whose
 //     repointing never became durable (a crash, or a fenced writer).
 //
-// Deleting only what the applied (hence durable) state no longer references
-// is safe: live bytes of an old object only ever go down, so no later state —
-// including the one recovery will rebuild — can reference it again.
+// Deleting only what the applied (hence durable) state no longer references,
+// and no snapshot holds, is safe: live bytes of an old object only go up
+// again when a clone or restore copies chunk pieces (clone.go), and those
+// copy pieces of the current state (live) or of a snapshot (pinned), so no
+// later state — including the one recovery will rebuild — can reference a
+// dead, unpinned object again.
 
 // sweepInterval is how often GC looks for orphan segments after its first
 // pass.
@@ -69,8 +72,17 @@ func (f *FS) GC(ctx context.Context) (GCStats, error) {
 	}
 	var move []cand
 	var dead []ObjRef
-	err := f.scanObjects(func(obj ObjRef, info objInfo) {
+	// Objects a snapshot references stay whole, whatever the current state
+	// still uses of them: deleting them would break the snapshot, and
+	// moving their live frames would only store those twice.
+	pins, err := f.snapshotPins()
+	if err != nil {
+		return st, err
+	}
+	err = f.scanObjects(func(obj ObjRef, info objInfo) {
 		switch {
+		case pins.objects[obj] > 0:
+			return
 		case info.Live <= 0:
 			if obj.Kind == ObjWAL && obj.ID > head.Base.Seq {
 				return // recovery still replays it; the checkpoint will remove it
@@ -185,8 +197,11 @@ func (f *FS) shouldMove(obj ObjRef, info objInfo) bool {
 }
 
 // scanObjects calls fn for every object record in the applied state.
-func (f *FS) scanObjects(fn func(ObjRef, objInfo)) error {
-	it, err := f.db.NewIter(&pebble.IterOptions{LowerBound: []byte{kindObject}, UpperBound: []byte{kindObject + 1}})
+func (f *FS) scanObjects(fn func(ObjRef, objInfo)) error { return scanObjectsOf(f.db, fn) }
+
+// scanObjectsOf calls fn for every object record in db.
+func scanObjectsOf(db *pebble.DB, fn func(ObjRef, objInfo)) error {
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{kindObject}, UpperBound: []byte{kindObject + 1}})
 	if err != nil {
 		return err
 	}

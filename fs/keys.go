@@ -18,6 +18,7 @@ import (
 //	kindObject object kind, id       a data object's size and live bytes (GC)
 //	kindUsed   ino                   bytes a file's chunk pieces map (NFS "used"),
 //	                                 absent when zero; see used.go
+//	kindSnap   name                  a snapshot's record (snapshot.go)
 const (
 	kindMeta   byte = 0x01
 	kindInode  byte = 0x02
@@ -26,6 +27,7 @@ const (
 	kindChunk  byte = 0x05
 	kindObject byte = 0x06
 	kindUsed   byte = 0x07
+	kindSnap   byte = 0x08
 )
 
 func metaKey(name string) []byte { return append([]byte{kindMeta}, name...) }

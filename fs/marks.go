@@ -156,6 +156,9 @@ func (f *FS) InterruptedFiles() []uint64 {
 // with what it may have lost. Clearing a file that is not interrupted does
 // nothing and returns ErrNotInterrupted.
 func (f *FS) ClearInterrupted(ctx context.Context, ino uint64) error {
+	if IsSnapshotIno(ino) {
+		return ErrNotInterrupted
+	}
 	if !f.Interrupted(ino) {
 		return ErrNotInterrupted
 	}
@@ -169,6 +172,9 @@ var ErrNotInterrupted = errors.New("not interrupted")
 // ForgetMarks drops file ino's mark and interruption, if any: for a file
 // being deleted, whose writes no longer matter.
 func (f *FS) ForgetMarks(ctx context.Context, ino uint64) error {
+	if IsSnapshotIno(ino) {
+		return nil
+	}
 	f.marks.mu.Lock()
 	mk := f.marks.m[ino]
 	delete(f.marks.m, ino)
@@ -213,6 +219,9 @@ func (f *FS) dropMarks(ctx context.Context, ino uint64) error {
 // returned. It returns once ino's mark is durable: at once if it already
 // is.
 func (f *FS) MarkUnflushed(ctx context.Context, ino uint64) (done func(), err error) {
+	if IsSnapshotIno(ino) {
+		return nil, refuseView("write", ino)
+	}
 	if f.Interrupted(ino) {
 		return nil, fmt.Errorf("inode %d is interrupted (zerofs nbd clear): %w", ino, ErrIO)
 	}

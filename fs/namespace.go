@@ -86,6 +86,9 @@ func (f *FS) getDir(chain []*batch, c *Cred, ino uint64, write bool) (Inode, err
 
 // Lookup finds name in directory dir ("." and ".." included).
 func (f *FS) Lookup(ctx context.Context, c *Cred, dir uint64, name string) (Inode, error) {
+	if IsSnapshotIno(dir) {
+		return f.lookupInSnapshot(ctx, c, dir, name)
+	}
 	chain := f.chain()
 	d, err := f.getDir(chain, c, dir, false)
 	if err != nil {
@@ -105,6 +108,9 @@ func (f *FS) Lookup(ctx context.Context, c *Cred, dir uint64, name string) (Inod
 		return Inode{}, err
 	}
 	if !ok {
+		if dir == RootIno && name == SnapshotDirName {
+			return f.snapDirAttr(ctx)
+		}
 		return Inode{}, fmt.Errorf("lookup %q in %d: %w", name, dir, ErrNotExist)
 	}
 	return f.getInode(chain, ino)
@@ -137,6 +143,9 @@ type NewNode struct {
 // Create makes a new node in dir (file, directory, symlink, device, FIFO or
 // socket, by n.Mode's type bits) and returns it and the directory after.
 func (f *FS) Create(ctx context.Context, c *Cred, dir uint64, name string, nn NewNode) (Inode, Inode, error) {
+	if err := f.refuseSnapshotName(dir, name, "create"); err != nil {
+		return Inode{}, Inode{}, err
+	}
 	if err := checkName(name); err != nil {
 		return Inode{}, Inode{}, err
 	}
@@ -250,6 +259,10 @@ func (f *FS) allocIno(chain []*batch) (uint64, error) {
 		}
 		next = binary.BigEndian.Uint64(v)
 	}
+	if next > viewInoMask {
+		// Numbers above are snapshots' (view.go).
+		return 0, fmt.Errorf("all %d inode numbers are used: %w", viewInoMask, ErrNoSpace)
+	}
 	f.open.setKV(key, binary.BigEndian.AppendUint64(nil, next+1))
 	return next, nil
 }
@@ -274,6 +287,12 @@ func (f *FS) unlinkEntry(b *batch, dir uint64, name string, cookie uint64) {
 
 // Link adds a hard link to ino as dir/name.
 func (f *FS) Link(ctx context.Context, c *Cred, ino, dir uint64, name string) (Inode, Inode, error) {
+	if IsSnapshotIno(ino) {
+		return Inode{}, Inode{}, fmt.Errorf("link inode %#x: it is in a snapshot: %w", ino, ErrXDev)
+	}
+	if err := f.refuseSnapshotName(dir, name, "link"); err != nil {
+		return Inode{}, Inode{}, err
+	}
 	if err := checkName(name); err != nil {
 		return Inode{}, Inode{}, err
 	}
@@ -335,6 +354,9 @@ func (f *FS) Rmdir(ctx context.Context, c *Cred, dir uint64, name string) (Inode
 }
 
 func (f *FS) remove(c *Cred, dir uint64, name string, wantDir bool) (Inode, error) {
+	if IsSnapshotIno(dir) {
+		return Inode{}, refuseView("remove from", dir)
+	}
 	if name == "." || name == ".." {
 		return Inode{}, fmt.Errorf("remove %q: %w", name, ErrInvalid)
 	}
@@ -436,6 +458,12 @@ func (f *FS) dirEmpty(chain []*batch, dir uint64) (bool, error) {
 // directory by a directory); renaming a name onto another name of the same
 // inode does nothing; a directory cannot move into its own subtree.
 func (f *FS) Rename(ctx context.Context, c *Cred, srcDir uint64, srcName string, dstDir uint64, dstName string) error {
+	if IsSnapshotIno(srcDir) {
+		return refuseView("rename from", srcDir)
+	}
+	if err := f.refuseSnapshotName(dstDir, dstName, "rename to"); err != nil {
+		return err
+	}
 	if err := checkName(srcName); err != nil {
 		return err
 	}
@@ -560,6 +588,9 @@ func (f *FS) Rename(ctx context.Context, c *Cred, srcDir uint64, srcName string,
 // entries. "." and ".." are not included; adapters add them. eof reports
 // that the listing is complete.
 func (f *FS) ReadDir(ctx context.Context, c *Cred, dir uint64, cookie uint64, max int) ([]DirEntry, bool, error) {
+	if IsSnapshotIno(dir) {
+		return f.readDirInSnapshot(ctx, c, dir, cookie, max)
+	}
 	chain := f.chain()
 	d, err := f.getInode(chain, dir)
 	if err != nil {

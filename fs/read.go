@@ -81,6 +81,15 @@ type sharedPart struct {
 }
 
 func (f *FS) read(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte, out *readOut) (int, bool, error) {
+	if IsSnapshotIno(ino) {
+		var n int
+		var eof bool
+		err := f.withView(ctx, ino, func(v *view, real uint64) (err error) {
+			n, eof, err = v.fs.read(ctx, c, real, off, p, out)
+			return err
+		})
+		return n, eof, err
+	}
 	chain := f.chain()
 	n, err := f.getInode(chain, ino)
 	if err != nil {

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -38,6 +39,19 @@ const usedMarker = "used-v1"
 // size so rounded (the counter may lag a truncation); for other types the
 // size rounded up to 4 KiB.
 func (f *FS) UsedBytes(n *Inode) uint64 {
+	if IsSnapshotIno(n.Ino) {
+		if n.Ino == snapDirIno {
+			return 0
+		}
+		var used uint64
+		f.withView(context.Background(), n.Ino, func(v *view, real uint64) error {
+			m := *n
+			m.Ino = real
+			used = v.fs.UsedBytes(&m)
+			return nil
+		})
+		return used
+	}
 	const unit = 4096
 	round := func(v uint64) uint64 {
 		if v > MaxFileSize {

@@ -37,6 +37,9 @@ func (f *FS) attrMu(ino uint64) *sync.Mutex    { return &f.attrMus[ino%uint64(le
 // attributes after it. The data is in memory when Write returns; Flush makes
 // it durable.
 func (f *FS) Write(ctx context.Context, c *Cred, ino uint64, off uint64, p []byte) (Inode, error) {
+	if IsSnapshotIno(ino) {
+		return Inode{}, refuseView("write", ino)
+	}
 	if off > MaxFileSize || uint64(len(p)) > MaxFileSize-off {
 		return Inode{}, fmt.Errorf("write [%d, +%d) of inode %d: %w", off, len(p), ino, ErrFileTooBig)
 	}
@@ -189,6 +192,9 @@ func (f *FS) findChunk(chain []*batch, id chunkID) (*dirtyChunk, *batch, []Piece
 // chunks are dropped with one range deletion whatever their number, so a
 // TRIM of a whole multi-TiB device is cheap (see applyPunch).
 func (f *FS) Punch(ctx context.Context, c *Cred, ino uint64, off, length uint64) error {
+	if IsSnapshotIno(ino) {
+		return refuseView("punch", ino)
+	}
 	if length == 0 {
 		return nil
 	}
