@@ -251,7 +251,7 @@ type FS struct {
 	lastSweep time.Time  // of orphan segments; guarded by gcMu
 	lastCkpt  wal.Position
 	prevDesc  *ckptDesc // the checkpoint the head names, once loaded
-	stats     *Stats // shared with snapshot views (view.go)
+	stats     *Stats    // shared with snapshot views (view.go)
 
 	statMu   sync.Mutex // StatFS's cached sum of object sizes
 	statAt   time.Time

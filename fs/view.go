@@ -36,11 +36,11 @@ import (
 // which view a frame was read for.
 
 const (
-	viewBit       = uint64(1) << 63
-	viewShift     = 40
-	viewInoMask   = uint64(1)<<viewShift - 1
-	maxSnapID     = uint64(1)<<23 - 1
-	snapDirIno    = viewBit | RootIno
+	viewBit     = uint64(1) << 63
+	viewShift   = 40
+	viewInoMask = uint64(1)<<viewShift - 1
+	maxSnapID   = uint64(1)<<23 - 1
+	snapDirIno  = viewBit | RootIno
 )
 
 // SnapshotDirIno is the inode number of /.snapshots.
