@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path"
@@ -143,10 +144,13 @@ func (s *mState) canon() string {
 }
 
 // fsCanon renders the engine's state the same way, walking it through the API.
-func fsCanon(t *testing.T, f *FS) string {
+func fsCanon(t *testing.T, f *FS) string { return fsCanonAt(t, f, RootIno) }
+
+// fsCanonAt is fsCanon of the tree under rootIno (a snapshot's root).
+func fsCanonAt(t *testing.T, f *FS, rootIno uint64) string {
 	t.Helper()
 	ctx := context.Background()
-	root, err := f.GetAttr(ctx, RootIno)
+	root, err := f.GetAttr(ctx, rootIno)
 	if err != nil {
 		t.Fatalf("getattr root: %v", err)
 	}
@@ -193,7 +197,7 @@ func fsCanon(t *testing.T, f *FS) string {
 			}
 		}
 	}
-	walk("", RootIno)
+	walk("", rootIno)
 	return canonOf(entries)
 }
 
@@ -206,6 +210,8 @@ type mop struct {
 	perm       uint32
 	wantErrno  syscall.Errno // outcome of the live run
 	createdIno uint64        // inode the live run created
+	src        *mState       // clone, restore: the snapshot's state (nil: the live one)
+	snap       string        // and its name
 }
 
 func (o mop) String() string {
@@ -247,6 +253,39 @@ func (s *mState) apply(o *mop) syscall.Errno {
 			n.typ, n.perm, n.target = TypeSymlink, 0o777, o.b
 		}
 		parent.entries[name] = n
+	case "clone":
+		from := s
+		if o.src != nil {
+			from = o.src
+		}
+		src, _, _ := from.lookup(o.a)
+		dir, name := path.Split(o.b)
+		parent, _, _ := s.lookup(strings.TrimSuffix(dir, "/"))
+		switch {
+		case src == nil && o.src != nil:
+			return syscall.ENOENT // the snapshot's path is resolved first
+		case parent == nil || parent.typ != TypeDir:
+			return syscall.ENOENT
+		case parent.entries[name] != nil:
+			return syscall.EEXIST
+		case src == nil:
+			return syscall.ENOENT
+		case src.typ != TypeRegular:
+			return syscall.EINVAL
+		}
+		parent.entries[name] = &mNode{ino: o.createdIno, typ: TypeRegular, perm: src.perm, nlink: 1, data: slices.Clone(src.data)}
+	case "restore":
+		src, _, _ := o.src.lookup(o.a)
+		dst, _, _ := s.lookup(o.a)
+		switch {
+		case src == nil || dst == nil:
+			return syscall.ENOENT
+		case dst.typ == TypeDir:
+			return syscall.EISDIR
+		case dst.typ != TypeRegular || src.typ != TypeRegular:
+			return syscall.EINVAL
+		}
+		dst.data = slices.Clone(src.data)
 	case "write":
 		n, _, _ := s.lookup(o.a)
 		if n == nil || n.typ != TypeRegular {
@@ -355,6 +394,10 @@ func (s *mState) apply(o *mop) syscall.Errno {
 // (which must equal the engine's), and returns the errno.
 func runFS(f *FS, s *mState, o *mop) syscall.Errno {
 	ctx := context.Background()
+	inSnapshot := func(snap, p string) (uint64, error) {
+		n, err := f.SnapshotIno(ctx, snap, strings.Split(p, "/")...)
+		return n.Ino, err
+	}
 	inoOf := func(p string) uint64 {
 		if n, _, _ := s.lookup(p); n != nil {
 			return n.ino
@@ -380,6 +423,23 @@ func runFS(f *FS, s *mState, o *mop) syscall.Errno {
 		n, _, err = f.Create(ctx, Root, dir, name, nn)
 		if err == nil {
 			o.createdIno = n.Ino
+		}
+	case "clone":
+		src := inoOf(o.a)
+		if o.src != nil {
+			if src, err = inSnapshot(o.snap, o.a); err != nil {
+				break
+			}
+		}
+		dir, name := split(o.b)
+		var n Inode
+		if n, err = f.CloneFile(ctx, Root, src, dir, name); err == nil {
+			o.createdIno = n.Ino
+		}
+	case "restore":
+		var src uint64
+		if src, err = inSnapshot(o.snap, o.a); err == nil {
+			_, err = f.RestoreFile(ctx, Root, inoOf(o.a), src)
 		}
 	case "write":
 		_, err = f.Write(ctx, Root, inoOf(o.a), o.off, opData(o.seed, o.n))
@@ -448,8 +508,55 @@ func runModel(t *testing.T, seed uint64, nops int) {
 	m := &mState{root: &mNode{ino: RootIno, typ: TypeDir, perm: 0o755, nlink: 2, entries: map[string]*mNode{}}}
 	flushed := m.clone() // the state as of the last flush
 	var since []mop      // operations since the last flush
+	snaps := map[string]*mState{} // the model at each snapshot's creation
+	snapNames := []string{"s1", "s2", "s3"}
+	// checkSnapshots compares every snapshot with the model's state at its
+	// creation, and the list of snapshots with the model's.
+	checkSnapshots := func(when string) {
+		t.Helper()
+		list, err := f.Snapshots(ctx)
+		if err != nil {
+			t.Fatalf("%s: list snapshots: %v", when, err)
+		}
+		var got, want []string
+		for _, sn := range list {
+			got = append(got, sn.Name)
+		}
+		for name := range snaps {
+			want = append(want, name)
+		}
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: snapshots %v, model %v", when, got, want)
+		}
+		for name, ms := range snaps {
+			root, err := f.SnapshotIno(ctx, name)
+			if err != nil {
+				t.Fatalf("%s: snapshot %s: %v", when, name, err)
+			}
+			if got, want := fsCanonAt(t, f, root.Ino), ms.canon(); got != want {
+				t.Fatalf("%s: snapshot %s differs from the model at its creation\nsnapshot:\n%s\nmodel:\n%s", when, name, got, want)
+			}
+		}
+	}
+	snapPath := func(ms *mState) string {
+		ps := ms.paths()
+		if len(ps) == 0 {
+			return ""
+		}
+		return ps[r.IntN(len(ps))]
+	}
+	anySnap := func() string {
+		names := slices.Sorted(maps.Keys(snaps))
+		if len(names) == 0 {
+			return ""
+		}
+		return names[r.IntN(len(names))]
+	}
 	names := []string{"a", "b", "c", "d", "e", "f"}
 	crashes, checks, lost := 0, 0, 0
+	kinds := map[string]int{} // operations that succeeded, by kind
 
 	pick := func(filter func(*mNode) bool) string {
 		var cands []string
@@ -537,6 +644,56 @@ func runModel(t *testing.T, seed uint64, nops int) {
 				t.Fatalf("op %d: checkpoint: %v", i, err)
 			}
 			continue
+		case x >= 93 && x < 95:
+			name := snapNames[r.IntN(len(snapNames))]
+			_, err := f.CreateSnapshot(ctx, name, SnapshotOptions{})
+			want := syscall.Errno(0)
+			if snaps[name] != nil {
+				want = syscall.EEXIST
+			}
+			if Errno(err) != want {
+				t.Fatalf("op %d: create snapshot %s: %v, want %v", i, name, err, want)
+			}
+			if err == nil {
+				kinds["snapshot"]++
+				snaps[name] = m.clone()
+				flushed, since = m.clone(), nil // it flushed
+			}
+			continue
+		case x >= 93 && x < 96:
+			name := snapNames[r.IntN(len(snapNames))]
+			_, err := f.DeleteSnapshot(ctx, name)
+			want := syscall.Errno(0)
+			if snaps[name] == nil {
+				want = syscall.ENOENT
+			}
+			if Errno(err) != want {
+				t.Fatalf("op %d: delete snapshot %s: %v, want %v", i, name, err, want)
+			}
+			if err == nil {
+				kinds["delete-snapshot"]++
+				delete(snaps, name)
+				flushed, since = m.clone(), nil
+			}
+			continue
+		case x >= 93 && x < 98:
+			o = mop{kind: "clone", b: newPath()}
+			if o.snap = anySnap(); o.snap != "" && r.IntN(2) == 0 {
+				o.src = snaps[o.snap]
+				if o.a = snapPath(o.src); o.a == "" {
+					continue
+				}
+			} else if o.snap, o.a = "", file(); o.a == "" {
+				continue
+			}
+		case x >= 93 && x < 99:
+			if o.snap = anySnap(); o.snap == "" {
+				continue
+			}
+			o.kind, o.src = "restore", snaps[o.snap]
+			if o.a = snapPath(o.src); o.a == "" {
+				continue
+			}
 		case x < 93:
 			// Crash, sometimes losing the local state too (a new machine),
 			// sometimes a clean close.
@@ -582,6 +739,7 @@ func runModel(t *testing.T, seed uint64, nops int) {
 			}
 			checks++
 			m, flushed, since = match, match.clone(), nil
+			checkSnapshots(fmt.Sprintf("op %d: after %s", i, kind))
 			continue
 		default:
 			continue
@@ -593,6 +751,9 @@ func runModel(t *testing.T, seed uint64, nops int) {
 		}
 		o.wantErrno = want
 		since = append(since, o)
+		if want == 0 {
+			kinds[o.kind]++
+		}
 		if i%250 == 0 {
 			if got, want := fsCanon(t, f), m.canon(); got != want {
 				t.Fatalf("op %d: engine and model differ without a crash\nengine:\n%s\nmodel:\n%s", i, got, want)
@@ -602,6 +763,7 @@ func runModel(t *testing.T, seed uint64, nops int) {
 	if got, want := fsCanon(t, f), m.canon(); got != want {
 		t.Fatalf("final: engine and model differ\nengine:\n%s\nmodel:\n%s", got, want)
 	}
-	t.Logf("seed %d: %d ops, %d crashes checked, %d of them lost unflushed operations", seed, nops, checks, lost)
+	checkSnapshots("final")
+	t.Logf("seed %d: %d ops, %d crashes checked, %d of them lost unflushed operations; done: %v", seed, nops, checks, lost, kinds)
 	_ = crashes
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"testing"
 
 	"zerofs/store"
@@ -134,4 +136,111 @@ func TestSnapshotReadCloneRestore(t *testing.T) {
 		}
 	}
 	f.Close()
+}
+
+// TestSnapshotGC overwrites a device round after round, taking snapshots
+// and deleting some between rounds. Every snapshot reads back as its round
+// left the device, however much GC ran meanwhile; each deletion frees what
+// it said only it held; once all are deleted, GC brings the bucket back
+// within twice the live data.
+func TestSnapshotGC(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMem()
+	opts := testOptions(t, st, t.TempDir())
+	opts.ChunkSize = 16 << 10
+	f := mustOpen(t, opts)
+	defer func() { f.crash() }()
+	n := mustCreate(t, f, RootIno, "disk", TypeRegular|0o644)
+	const size = 2 << 20
+	sz := uint64(size)
+	if _, _, err := f.SetAttr(ctx, Root, n.Ino, SetAttrs{Size: &sz}); err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(12, 12))
+	model := make([]byte, size)
+	taken := map[string][]byte{}
+	rounds := 10
+	if testing.Short() {
+		rounds = 5
+	}
+	for round := range rounds {
+		// Overwrite most of the device, in writes of every size.
+		for done := 0; done < size*3/4; {
+			off := r.IntN(size - 4096)
+			l := min(size-off, 1+r.IntN(128<<10))
+			p := make([]byte, l)
+			for i := range p {
+				p[i] = byte(round*31 + i%251)
+			}
+			mustWrite(t, f, n.Ino, uint64(off), p)
+			copy(model[off:], p)
+			done += l
+		}
+		name := fmt.Sprintf("round%d", round)
+		if _, err := f.CreateSnapshot(ctx, name, SnapshotOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		taken[name] = bytes.Clone(model)
+		if round%3 == 2 { // delete an older one
+			old := fmt.Sprintf("round%d", round-2)
+			list, err := f.Snapshots(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var excl int64
+			for _, s := range list {
+				if s.Name == old {
+					excl = s.ExclusiveBytes
+				}
+			}
+			before, _ := storedBytes(t, st)
+			freed, err := f.DeleteSnapshot(ctx, old)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if freed != excl {
+				t.Errorf("delete %s reports %d bytes freed, the listing said it alone held %d", old, freed, excl)
+			}
+			delete(taken, old)
+			if _, err := f.GC(ctx); err != nil {
+				t.Fatal(err)
+			}
+			after, _ := storedBytes(t, st)
+			t.Logf("deleted %s: held alone %d bytes; bucket %d -> %d", old, excl, before, after)
+		}
+		if err := f.Compact(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for name, want := range taken {
+			sn, err := f.SnapshotIno(ctx, name, "disk")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := mustRead(t, f, sn.Ino, 0, size); !bytes.Equal(got, want) {
+				t.Fatalf("round %d: snapshot %s does not read back", round, name)
+			}
+		}
+	}
+	withSnaps, _ := storedBytes(t, st)
+	_, held, err := f.SnapshotBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range taken {
+		if _, err := f.DeleteSnapshot(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	total, objects := storedBytes(t, st)
+	t.Logf("live %d bytes; bucket with %d snapshots %d (they held %d); after deleting them and GC %d in %d objects",
+		size, len(taken), withSnaps, held, total, objects)
+	if total > 2*size {
+		t.Fatalf("bucket holds %d bytes for %d live", total, size)
+	}
+	if got := mustRead(t, f, n.Ino, 0, size); !bytes.Equal(got, model) {
+		t.Fatal("live data damaged")
+	}
 }
