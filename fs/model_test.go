@@ -506,8 +506,8 @@ func runModel(t *testing.T, seed uint64, nops int) {
 	defer func() { f.crash() }()
 
 	m := &mState{root: &mNode{ino: RootIno, typ: TypeDir, perm: 0o755, nlink: 2, entries: map[string]*mNode{}}}
-	flushed := m.clone() // the state as of the last flush
-	var since []mop      // operations since the last flush
+	flushed := m.clone()          // the state as of the last flush
+	var since []mop               // operations since the last flush
 	snaps := map[string]*mState{} // the model at each snapshot's creation
 	snapNames := []string{"s1", "s2", "s3"}
 	// checkSnapshots compares every snapshot with the model's state at its
