@@ -9,6 +9,13 @@
 //	PUT    /v1/exports/{name}      {"size":...}              resize
 //	DELETE /v1/exports/{name}                                delete
 //	POST   /v1/exports/{name}/clear                          end an interruption (fs/marks.go)
+//	POST   /v1/exports/{name}/clone  {"name": NEW}           clone a device or DEVICE@SNAPSHOT
+//	POST   /v1/exports/{name}/restore                        DEVICE@SNAPSHOT: put the snapshot's content back
+//	GET    /v1/snapshots           [Snapshot]
+//	POST   /v1/snapshots           {"name":..., "held":...}  create
+//	DELETE /v1/snapshots/{name}                              delete
+//	PUT    /v1/snapshots/{name}    {"held": true|false}      hold or release
+//	POST   /v1/files/clone         {"source": PATH, "target": PATH}  clone a file (PATH may be in /.snapshots)
 //	GET    /metrics                Prometheus text format (when a handler is given)
 package admin
 
@@ -26,19 +33,38 @@ import (
 	"zerofs/nbd"
 )
 
-// Handler returns the admin HTTP handler for f. metrics, if not nil, serves /metrics.
-//
-// tlsStatus, if set, describes the NBD server's TLS certificate for
-// GET /v1/status.
-func Handler(f *fs.FS, metrics http.Handler, log *slog.Logger, tlsStatus func() pki.Status) http.Handler {
+// Config is what the admin endpoint serves besides the filesystem.
+type Config struct {
+	// Metrics, if not nil, serves /metrics.
+	Metrics http.Handler
+	Log     *slog.Logger
+	// TLSStatus, if set, describes the NBD server's TLS certificate for
+	// GET /v1/status.
+	TLSStatus func() pki.Status
+	// Attachments, if set, says who has an export attached (the NBD
+	// servers' Attachments), asked before a snapshot is deleted or a
+	// device restored.
+	Attachments func(match func(export string) bool) []nbd.Attachment
+}
+
+// Handler returns the admin HTTP handler for f.
+func Handler(f *fs.FS, c Config) http.Handler {
 	mux := http.NewServeMux()
-	h := &handler{f: f, log: log, tlsStatus: tlsStatus}
+	h := &handler{f: f, log: c.Log, tlsStatus: c.TLSStatus, attachments: c.Attachments}
+	metrics := c.Metrics
 	mux.HandleFunc("GET /v1/status", h.status)
 	mux.HandleFunc("GET /v1/exports", h.listExports)
 	mux.HandleFunc("POST /v1/exports", h.createExport)
 	mux.HandleFunc("PUT /v1/exports/{name}", h.resizeExport)
 	mux.HandleFunc("DELETE /v1/exports/{name}", h.deleteExport)
 	mux.HandleFunc("POST /v1/exports/{name}/clear", h.clearExport)
+	mux.HandleFunc("POST /v1/exports/{name}/clone", h.cloneExport)
+	mux.HandleFunc("POST /v1/exports/{name}/restore", h.restoreExport)
+	mux.HandleFunc("GET /v1/snapshots", h.listSnapshots)
+	mux.HandleFunc("POST /v1/snapshots", h.createSnapshot)
+	mux.HandleFunc("DELETE /v1/snapshots/{name}", h.deleteSnapshot)
+	mux.HandleFunc("PUT /v1/snapshots/{name}", h.holdSnapshot)
+	mux.HandleFunc("POST /v1/files/clone", h.cloneFile)
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}
@@ -48,7 +74,8 @@ func Handler(f *fs.FS, metrics http.Handler, log *slog.Logger, tlsStatus func() 
 type handler struct {
 	f         *fs.FS
 	log       *slog.Logger
-	tlsStatus func() pki.Status
+	tlsStatus   func() pki.Status
+	attachments func(match func(export string) bool) []nbd.Attachment
 }
 
 // Status is the reply to GET /v1/status: the filesystem's status and, when
@@ -82,7 +109,7 @@ func (h *handler) fail(w http.ResponseWriter, err error) {
 	switch fs.Errno(err) {
 	case syscall.ENOENT:
 		code = http.StatusNotFound
-	case syscall.EEXIST:
+	case syscall.EEXIST, syscall.EBUSY:
 		code = http.StatusConflict
 	case syscall.EINVAL, syscall.ENAMETOOLONG, syscall.EFBIG:
 		code = http.StatusBadRequest

@@ -29,7 +29,7 @@ func TestExportSizeRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	srv := httptest.NewServer(Handler(f, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), nil))
+	srv := httptest.NewServer(Handler(f, Config{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}))
 	defer srv.Close()
 	c := &Client{Base: srv.URL}
 

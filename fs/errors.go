@@ -26,6 +26,7 @@ var (
 	ErrTooManyLink = syscall.EMLINK
 	ErrXDev        = syscall.EXDEV
 	ErrLoop        = syscall.ELOOP
+	ErrBusy        = syscall.EBUSY // in use: a snapshot or device a client has attached
 	// ErrCanceled: the request's context ended (its connection is gone)
 	// before it began to change anything; nothing was done.
 	ErrCanceled = syscall.ECANCELED

@@ -50,6 +50,8 @@ type ExportInfo struct {
 	// Interrupted: the export may have lost acknowledged writes when the
 	// last run ended; its I/O fails until ClearExport (fs/marks.go).
 	Interrupted bool
+	// Snapshot names the snapshot of a DEVICE@SNAPSHOT export (snapshots.go).
+	Snapshot string
 }
 
 // ValidateExportName checks that name can name an export: NBD export names
@@ -125,11 +127,21 @@ func ListExports(ctx context.Context, f *fs.FS) ([]ExportInfo, error) {
 	if !dir.IsDir() {
 		return nil, fmt.Errorf("list exports: /%s is not a directory: %w", ExportDir, fs.ErrNotDir)
 	}
+	out, err := listExportDir(ctx, f, dir.Ino)
+	if err != nil {
+		return nil, fmt.Errorf("list exports: %w", err)
+	}
+	return out, nil
+}
+
+// listExportDir lists the exports in directory dir (a live /.nbd or a
+// snapshot's).
+func listExportDir(ctx context.Context, f *fs.FS, dir uint64) ([]ExportInfo, error) {
 	var out []ExportInfo
 	for cookie := uint64(0); ; {
-		ents, eof, err := f.ReadDir(ctx, fs.Root, dir.Ino, cookie, 256)
+		ents, eof, err := f.ReadDir(ctx, fs.Root, dir, cookie, 256)
 		if err != nil {
-			return nil, fmt.Errorf("list exports: read /%s: %w", ExportDir, err)
+			return nil, fmt.Errorf("read /%s: %w", ExportDir, err)
 		}
 		for _, e := range ents {
 			cookie = e.Cookie
@@ -141,7 +153,7 @@ func ListExports(ctx context.Context, f *fs.FS) ([]ExportInfo, error) {
 				continue // deleted since the listing
 			}
 			if err != nil {
-				return nil, fmt.Errorf("list exports: %q: %w", e.Name, err)
+				return nil, fmt.Errorf("%q: %w", e.Name, err)
 			}
 			out = append(out, ExportInfo{Name: e.Name, Size: n.Size, ReadOnly: n.Mode&0o200 == 0, Interrupted: f.Interrupted(e.Ino)})
 		}
@@ -156,7 +168,7 @@ func ListExports(ctx context.Context, f *fs.FS) ([]ExportInfo, error) {
 // 0644 file in /.nbd, creating the 0755 directory if missing. It fails with an error wrapping
 // fs.ErrExist if the export exists. The export is durable when it returns.
 func CreateExport(ctx context.Context, f *fs.FS, name string, size uint64) error {
-	if err := ValidateExportName(name); err != nil {
+	if err := validateNewExportName(name); err != nil {
 		return fmt.Errorf("create export: %w", err)
 	}
 	if err := ValidateExportSize(size); err != nil {
@@ -301,14 +313,25 @@ func (e fsExports) lookup(ctx context.Context, name string) (export, error) {
 	if err := ValidateExportName(name); err != nil {
 		return export{}, err
 	}
-	n, err := lookupExportFile(ctx, e.f, name)
+	n, snapshot, err := lookupAnyExport(ctx, e.f, name)
 	if err != nil {
 		return export{}, err
 	}
-	return export{name: name, ino: n.Ino, size: n.Size, readOnly: n.Mode&0o200 == 0}, nil
+	return export{name: name, ino: n.Ino, size: n.Size, readOnly: snapshot || n.Mode&0o200 == 0}, nil
 }
 
-func (e fsExports) list(ctx context.Context) ([]ExportInfo, error) { return ListExports(ctx, e.f) }
+// list lists the live exports, then every snapshot's.
+func (e fsExports) list(ctx context.Context) ([]ExportInfo, error) {
+	live, err := ListExports(ctx, e.f)
+	if err != nil {
+		return nil, err
+	}
+	snaps, err := ListSnapshotExports(ctx, e.f)
+	if err != nil {
+		return nil, err
+	}
+	return append(live, snaps...), nil
+}
 
 // ClearExport ends the interruption of export name (fs.FS.ClearInterrupted):
 // the operator has made its client deal with the writes it may have lost.

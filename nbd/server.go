@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"zerofs/fs"
@@ -114,6 +115,9 @@ type Server struct {
 	group netserve.Group // listeners, connections, shutdown
 
 	requests *budget.Budget // Options.Requests
+
+	attachMu sync.Mutex
+	attached map[*conn]Attachment // connections in transmission (snapshots.go)
 }
 
 // NewServer returns a server for f's exports (see ExportDir).

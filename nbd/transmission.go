@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -276,6 +277,8 @@ func (c *conn) Serve() {
 		c.log = c.log.With("client", peerName(n.tls.names))
 	}
 	c.beginTransmission()
+	c.s.attach(c, Attachment{Export: n.exp.name, Remote: netserve.RemoteAddr(c.nc).String(), Client: strings.Join(n.tls.names, ", "), Since: time.Now()})
+	defer c.s.detach(c)
 	c.transmit(n)
 }
 

@@ -211,7 +211,7 @@ func cmdNBD(args []string) error {
 			return cmdNBDDetach(args[1:])
 		}
 	}
-	fl := newFlags("nbd", "nbd create NAME --size SIZE | list | resize NAME --size SIZE | delete NAME | clear NAME  [-c FILE | --admin ADDR]\n       zerofs nbd attach NAME [--device /dev/nbdN] ... | detach /dev/nbdN   (zerofs nbd attach -h)")
+	fl := newFlags("nbd", "nbd create NAME --size SIZE | list | resize NAME --size SIZE | delete NAME | clear NAME\n           | clone SOURCE[@SNAPSHOT] NEW | restore DEVICE@SNAPSHOT  [-c FILE | --admin ADDR]\n       zerofs nbd attach NAME [--device /dev/nbdN] ... | detach /dev/nbdN   (zerofs nbd attach -h)")
 	cfgPath := fl.String("c", "", "configuration file (for the admin address)")
 	addr := fl.String("admin", "127.0.0.1:7311", "admin endpoint address, if no -c")
 	sizeArg := fl.String("size", "", "device size, e.g. 100G (binary units)")
@@ -221,7 +221,7 @@ func cmdNBD(args []string) error {
 	}
 	if len(pos) == 0 {
 		fl.Usage()
-		return errors.New("missing subcommand: create, list, resize, delete, clear, attach or detach")
+		return errors.New("missing subcommand: create, list, resize, delete, clear, clone, restore, attach or detach")
 	}
 	cl, err := adminClient(*cfgPath, *addr)
 	if err != nil {
@@ -304,6 +304,30 @@ func cmdNBD(args []string) error {
 		}
 		fmt.Printf("deleted %s\n", name)
 		return nil
+	case "clone":
+		if len(pos) != 3 || pos[1] == "" || pos[2] == "" {
+			return errors.New("nbd clone needs SOURCE (a device, or DEVICE@SNAPSHOT) and NEW")
+		}
+		started := time.Now()
+		if err := cl.CloneExport(ctx, pos[1], pos[2]); err != nil {
+			return err
+		}
+		fmt.Printf("cloned %s as %s in %s: it shares every block with its source until either is written\n", pos[1], pos[2], time.Since(started).Round(time.Millisecond))
+		return nil
+	case "restore":
+		name, err := needName()
+		if err != nil {
+			return err
+		}
+		dev, snap, ok := nbd.SplitSnapshotExport(name)
+		if !ok {
+			return fmt.Errorf("nbd restore needs DEVICE@SNAPSHOT, not %q", name)
+		}
+		if err := cl.RestoreExport(ctx, name); err != nil {
+			return err
+		}
+		fmt.Printf("restored %s to its content in snapshot %s\n", dev, snap)
+		return nil
 	case "clear":
 		name, err := needName()
 		if err != nil {
@@ -323,7 +347,7 @@ func cmdNBD(args []string) error {
 	if pos[0] == "attach" || pos[0] == "detach" {
 		return fmt.Errorf("nbd %s takes its flags after the word %s: zerofs nbd %s ...", pos[0], pos[0], pos[0])
 	}
-	return fmt.Errorf("unknown nbd subcommand %q: use create, list, resize, delete, clear, attach or detach", pos[0])
+	return fmt.Errorf("unknown nbd subcommand %q: use create, list, resize, delete, clear, clone, restore, attach or detach", pos[0])
 }
 
 func humanSize(n uint64) string {

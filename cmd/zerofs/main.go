@@ -26,7 +26,8 @@ func init() {
 	commands = []command{
 		{"run", "serve NBD and NFS until SIGTERM or SIGINT, then flush and stop", cmdRun},
 		{"init", "write a commented configuration template to FILE or - (stdout)", cmdInit},
-		{"nbd", "NBD devices: create, list, resize, delete, clear on a running server; attach, detach on a client (Linux, root)", cmdNBD},
+		{"nbd", "NBD devices: create, list, resize, delete, clear, clone, restore on a running server; attach, detach on a client (Linux, root)", cmdNBD},
+		{"snapshot", "snapshots of the whole filesystem: create, list, delete, hold, release", cmdSnapshot},
 		{"status", "show a running server's state", cmdStatus},
 		{"change-password", "rewrap the data key under a new password read from stdin", cmdChangePassword},
 		{"version", "print the version", cmdVersion},

@@ -197,6 +197,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, hup <-chan
 		}
 	}
 
+	var nbdServers []*nbd.Server
 	for _, addr := range cfg.Servers.NBD.Addresses {
 		ln, err := listen("NBD", addr)
 		if err != nil {
@@ -207,6 +208,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, hup <-chan
 			MaxReadWait: cfg.WAL.MaxReadWait.Duration, MaxPayload: int64(cfg.Servers.NBD.MaxPayloadMB) << 20,
 			AllowedNetworks: sec.networks, TLSMode: sec.mode, TLS: sec.tlsConfig(), Access: sec.access})
 		stoppers = append(stoppers, srv.Shutdown)
+		nbdServers = append(nbdServers, srv)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -242,7 +244,15 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, hup <-chan
 			cleanup()
 			return err
 		}
-		hs := &http.Server{Handler: admin.Handler(f, m.Handler(), log, sec.status()), ReadHeaderTimeout: 10 * time.Second}
+		attachments := func(match func(string) bool) []nbd.Attachment {
+			var out []nbd.Attachment
+			for _, s := range nbdServers {
+				out = append(out, s.Attachments(match)...)
+			}
+			return out
+		}
+		hs := &http.Server{Handler: admin.Handler(f, admin.Config{Metrics: m.Handler(), Log: log, TLSStatus: sec.status(), Attachments: attachments}),
+			ReadHeaderTimeout: 10 * time.Second}
 		stoppers = append(stoppers, hs.Shutdown)
 		wg.Add(1)
 		go func() {
