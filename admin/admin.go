@@ -72,8 +72,8 @@ func Handler(f *fs.FS, c Config) http.Handler {
 }
 
 type handler struct {
-	f         *fs.FS
-	log       *slog.Logger
+	f           *fs.FS
+	log         *slog.Logger
 	tlsStatus   func() pki.Status
 	attachments func(match func(export string) bool) []nbd.Attachment
 }

@@ -22,13 +22,14 @@ import (
 
 // Config is the whole configuration file.
 type Config struct {
-	Cache   Cache   `toml:"cache"`
-	Storage Storage `toml:"storage"`
-	WAL     WAL     `toml:"wal"`
-	AWS     AWS     `toml:"aws"`
-	Servers Servers `toml:"servers"`
-	GC      GC      `toml:"gc"`
-	Log     Log     `toml:"log"`
+	Cache     Cache     `toml:"cache"`
+	Storage   Storage   `toml:"storage"`
+	WAL       WAL       `toml:"wal"`
+	AWS       AWS       `toml:"aws"`
+	Servers   Servers   `toml:"servers"`
+	GC        GC        `toml:"gc"`
+	Snapshots Snapshots `toml:"snapshots"`
+	Log       Log       `toml:"log"`
 
 	path string // the file it came from, for messages
 	src  []byte
@@ -123,6 +124,20 @@ type GC struct {
 	Interval           Duration `toml:"interval"`
 	CheckpointInterval Duration `toml:"checkpoint_interval"`
 	SegmentSizeMB      int      `toml:"segment_size_mb"`
+}
+
+// Snapshots configures scheduled snapshots (docs/snapshots.md).
+type Snapshots struct {
+	Schedule []SnapshotSchedule `toml:"schedule"`
+}
+
+// SnapshotSchedule takes a snapshot named NAME-YYYYMMDDTHHMMZ every Every
+// (at multiples of it since the Unix epoch, UTC: "1h" on the hour) and
+// keeps the newest Keep of its own, deleting older ones unless held.
+type SnapshotSchedule struct {
+	Name  string   `toml:"name"`
+	Every Duration `toml:"every"`
+	Keep  int      `toml:"keep"`
 }
 
 type Log struct {
@@ -312,6 +327,9 @@ func (c *Config) validate() error {
 	case c.GC.SegmentSizeMB < 1 || c.GC.SegmentSizeMB > 4096:
 		return c.keyErr("gc.segment_size_mb", "must be between 1 and 4096, got %d", c.GC.SegmentSizeMB)
 	}
+	if err := c.validateSnapshots(); err != nil {
+		return err
+	}
 	if err := checkStoreURL(c.Storage.URL); err != nil {
 		return c.keyErr("storage.url", "%v", err)
 	}
@@ -366,6 +384,29 @@ func (c *Config) validate() error {
 		}
 	}
 	return c.validateNBD()
+}
+
+func (c *Config) validateSnapshots() error {
+	seen := make(map[string]bool)
+	for i, s := range c.Snapshots.Schedule {
+		key := fmt.Sprintf("snapshots.schedule[%d]", i)
+		ok := s.Name != "" && len(s.Name) <= 32
+		for _, r := range s.Name {
+			ok = ok && (r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+		}
+		switch {
+		case !ok:
+			return c.keyErr("snapshots.schedule", "%s: name %q must be 1 to 32 of a-z 0-9 - _ (it starts the snapshots' names)", key, s.Name)
+		case seen[s.Name]:
+			return c.keyErr("snapshots.schedule", "%s: name %q is used twice", key, s.Name)
+		case s.Every.Duration < time.Minute || s.Every.Duration > 366*24*time.Hour || s.Every.Duration%time.Minute != 0:
+			return c.keyErr("snapshots.schedule", "%s (%s): every must be whole minutes from 1m to 8784h, got %s", key, s.Name, s.Every)
+		case s.Keep < 1 || s.Keep > 10000:
+			return c.keyErr("snapshots.schedule", "%s (%s): keep must be between 1 and 10000, got %d", key, s.Name, s.Keep)
+		}
+		seen[s.Name] = true
+	}
+	return nil
 }
 
 func (c *Config) validateNBD() error {

@@ -98,6 +98,18 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 		{"payload limit out of range", func(s string) string {
 			return strings.Replace(s, "max_payload_mb = 64", "max_payload_mb = 16", 1)
 		}, nil, "servers.nbd.max_payload_mb", "between 32 and 256"},
+		{"snapshot schedule with a bad name", func(s string) string {
+			return s + "\n[[snapshots.schedule]]\nname = \"Hour/ly\"\nevery = \"1h\"\nkeep = 24\n"
+		}, nil, "snapshots.schedule", "a-z 0-9"},
+		{"snapshot schedule too often", func(s string) string {
+			return s + "\n[[snapshots.schedule]]\nname = \"often\"\nevery = \"10s\"\nkeep = 24\n"
+		}, nil, "snapshots.schedule", "whole minutes"},
+		{"snapshot schedule keeping none", func(s string) string {
+			return s + "\n[[snapshots.schedule]]\nname = \"hourly\"\nevery = \"1h\"\nkeep = 0\n"
+		}, nil, "snapshots.schedule", "keep must be"},
+		{"snapshot schedules with one name", func(s string) string {
+			return s + "\n[[snapshots.schedule]]\nname = \"h\"\nevery = \"1h\"\nkeep = 1\n[[snapshots.schedule]]\nname = \"h\"\nevery = \"2h\"\nkeep = 1\n"
+		}, nil, "snapshots.schedule", "used twice"},
 		{"syntax error", func(s string) string { return s + "\n[gc\n" }, nil, "", "config.toml:"},
 	}
 	for _, tc := range cases {

@@ -42,6 +42,10 @@ type Status struct {
 	Interrupted []uint64 `json:"interrupted,omitempty"`
 	GCDeleted   int64    `json:"gc_deleted"`
 	GCPacked    int64    `json:"gc_packed"`
+	// Snapshots and the bytes they hold that the current state does not
+	// use (snapshot.go): what deleting all of them would free.
+	Snapshots     int   `json:"snapshots"`
+	SnapshotBytes int64 `json:"snapshot_bytes"`
 
 	// What the object store costs: the requests made since start, by store
 	// and operation, against the file data clients read and wrote and the
@@ -78,6 +82,7 @@ func (f *FS) Status() Status {
 	if last > base {
 		s.WALDepth = last - base
 	}
+	s.Snapshots, s.SnapshotBytes, _ = f.SnapshotBytes()
 	if err := f.Err(); err != nil {
 		s.Error = err.Error()
 	}

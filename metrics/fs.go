@@ -32,13 +32,15 @@ var (
 	descGCPacked   = prometheus.NewDesc("zerofs_gc_packed_objects_total", "Data objects whose live data garbage collection moved.", nil, nil)
 	descFileBytes  = prometheus.NewDesc("zerofs_file_bytes_total", "File data read and written by clients (NBD and NFS), by direction: what store requests per GiB are reckoned against.", []string{"dir"}, nil)
 	descReadAhead  = prometheus.NewDesc("zerofs_read_ahead_bytes_total", "File data read ahead of sequential readers.", nil, nil)
+	descSnapshots  = prometheus.NewDesc("zerofs_snapshots", "Snapshots of the filesystem.", nil, nil)
+	descSnapBytes  = prometheus.NewDesc("zerofs_snapshot_bytes", "Bytes in the bucket that only snapshots hold (the current state does not use them): what deleting every snapshot would free.", nil, nil)
 	descInterrupt  = prometheus.NewDesc("zerofs_interrupted_files", "Files (NBD exports) that may have lost acknowledged writes when the last run ended; NBD I/O on them fails until `zerofs nbd clear`.", nil, nil)
 )
 
 func (c *fsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descEpoch, descWritable, descDirty, descMemWaiters, descMemWaits, descOpenBatch, descSealed, descWALDepth,
 		descWALRecords, descWALBytes, descCommit, descCacheHits, descCacheMiss, descCacheBytes, descCacheCap,
-		descStoreGets, descStoreErr, descCorrupt, descGCDeleted, descGCPacked, descFileBytes, descReadAhead, descInterrupt} {
+		descStoreGets, descStoreErr, descCorrupt, descGCDeleted, descGCPacked, descFileBytes, descReadAhead, descInterrupt, descSnapshots, descSnapBytes} {
 		ch <- d
 	}
 }
@@ -94,6 +96,8 @@ func (c *fsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descStoreErr, float64(s.StoreErrors))
 	counter(descCorrupt, float64(s.CorruptFrames))
 	gauge(descInterrupt, float64(len(s.Interrupted)))
+	gauge(descSnapshots, float64(s.Snapshots))
+	gauge(descSnapBytes, float64(s.SnapshotBytes))
 	counter(descGCDeleted, float64(s.GCDeleted))
 	counter(descGCPacked, float64(s.GCPacked))
 }

@@ -159,6 +159,7 @@ func cmdStatus(args []string) error {
 		fmt.Fprintf(w, "NBD TLS certificate\t%s\n", line)
 	}
 	fmt.Fprintf(w, "gc\t%d objects deleted, %d packed\n", s.GCDeleted, s.GCPacked)
+	fmt.Fprintf(w, "snapshots\t%d, holding %s the current state does not use (zerofs snapshot list)\n", s.Snapshots, humanSize(uint64(s.SnapshotBytes)))
 	up := time.Duration(s.UptimeSeconds * float64(time.Second)).Round(time.Second)
 	fmt.Fprintf(w, "client data\t%s read, %s written, %s read ahead (ranges issued), in %s\n",
 		humanSize(uint64(s.ReadBytes)), humanSize(uint64(s.WrittenBytes)), humanSize(uint64(s.ReadAhead)), up)

@@ -23,6 +23,7 @@ import (
 	"zerofs/metrics"
 	"zerofs/nbd"
 	"zerofs/nfs"
+	"zerofs/snapsched"
 	"zerofs/store"
 	"zerofs/store/sched"
 )
@@ -218,6 +219,13 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, hup <-chan
 		}()
 		log.Info("serving NBD", "address", ln.Addr().String(), "tls", sec.mode.String(), "allowed_networks", cfg.Servers.NBD.AllowedNetworks)
 	}
+	attachments := func(match func(string) bool) []nbd.Attachment {
+		var out []nbd.Attachment
+		for _, s := range nbdServers {
+			out = append(out, s.Attachments(match)...)
+		}
+		return out
+	}
 	allowed := parseNets(cfg.Servers.NFS.AllowedNetworks)
 	for _, addr := range cfg.Servers.NFS.Addresses {
 		ln, err := listen("NFS", addr)
@@ -243,13 +251,6 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, hup <-chan
 		if err != nil {
 			cleanup()
 			return err
-		}
-		attachments := func(match func(string) bool) []nbd.Attachment {
-			var out []nbd.Attachment
-			for _, s := range nbdServers {
-				out = append(out, s.Attachments(match)...)
-			}
-			return out
 		}
 		hs := &http.Server{Handler: admin.Handler(f, admin.Config{Metrics: m.Handler(), Log: log, TLSStatus: sec.status(), Attachments: attachments}),
 			ReadHeaderTimeout: 10 * time.Second}
@@ -278,6 +279,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, hup <-chan
 		}
 	}
 	sec.watch(ctx, log, hup)
+	stoppers = append(stoppers, runSnapshotSchedules(cfg, f, log, attachments))
 	log.Info("serving", "start_to_serving", time.Since(processStart).Round(time.Millisecond), "disk_cache_index", index)
 	printHowTo(cfg, sec.serverName())
 
@@ -353,5 +355,37 @@ func logInterrupted(ctx context.Context, f *fs.FS, log *slog.Logger) {
 			log.Error("NBD device interrupted: the last run ended without flushing writes it had acknowledged, which may be lost; "+
 				"every request on it fails with EIO until `zerofs nbd clear "+e.Name+"` (docs/operations.md, \"An interrupted device\")", "device", e.Name)
 		}
+	}
+}
+
+// runSnapshotSchedules starts [snapshots] schedules and returns what stops
+// them.
+func runSnapshotSchedules(cfg *config.Config, f *fs.FS, log *slog.Logger, attachments func(func(string) bool) []nbd.Attachment) func(context.Context) error {
+	var scheds []snapsched.Schedule
+	for _, s := range cfg.Snapshots.Schedule {
+		scheds = append(scheds, snapsched.Schedule{Name: s.Name, Every: s.Every.Duration, Keep: s.Keep})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		(&snapsched.Scheduler{Target: f, Schedules: scheds, Log: log, InUse: func(name string) string {
+			users := attachments(func(export string) bool {
+				_, snap, ok := nbd.SplitSnapshotExport(export)
+				return ok && snap == name
+			})
+			if len(users) == 0 {
+				return ""
+			}
+			return users[0].String()
+		}}).Run(ctx)
+	}()
+	if len(scheds) > 0 {
+		log.Info("snapshot schedules", "count", len(scheds))
+	}
+	return func(context.Context) error {
+		cancel()
+		<-done
+		return nil
 	}
 }
