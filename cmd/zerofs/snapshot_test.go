@@ -211,4 +211,3 @@ func fileSum(t *testing.T, path string) [32]byte {
 	copy(sum[:], h.Sum(nil))
 	return sum
 }
-
