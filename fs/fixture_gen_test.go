@@ -52,6 +52,15 @@ func TestWriteFixture(t *testing.T) {
 	if err := f.checkpoint(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// A snapshot (a kept checkpoint and a record naming its objects) of
+	// the state so far, and a clone whose pieces name the inode their frames
+	// were sealed for (fs/snapshot.go, fs/clone.go).
+	if _, err := f.CreateSnapshot(ctx, "snap", SnapshotOptions{Held: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.CloneFile(ctx, Root, file.Ino, RootIno, "clone"); err != nil {
+		t.Fatal(err)
+	}
 	// After the checkpoint: only in the WAL.
 	after := mustCreate(t, f, RootIno, "after", TypeRegular|0o600)
 	mustWrite(t, f, after.Ino, 4096, bytes.Repeat([]byte{0xaf}, 8192))

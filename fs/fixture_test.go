@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -109,5 +110,30 @@ func checkFixtureTree(t *testing.T, f *FS) {
 	wantAfter := append(make([]byte, 4096), bytes.Repeat([]byte{0xaf}, 8192)...)
 	if got := mustRead(t, f, after.Ino, 0, 20000); !bytes.Equal(got, wantAfter) {
 		t.Errorf("after (only in the WAL): %d bytes, content differs", len(got))
+	}
+	// Fixtures from before snapshots have neither the snapshot nor the clone.
+	if _, err := f.Lookup(ctx, Root, RootIno, "clone"); errors.Is(err, ErrNotExist) {
+		return
+	}
+	clone := lookup(RootIno, "clone")
+	if got := mustRead(t, f, clone.Ino, 0, len(want)+10); !bytes.Equal(got, want) || clone.Ino == file.Ino {
+		t.Errorf("clone of dir/file: %d bytes, content differs", len(got))
+	}
+	snaps, err := f.Snapshots(ctx)
+	if err != nil || len(snaps) != 1 || snaps[0].Name != "snap" || !snaps[0].Held {
+		t.Fatalf("snapshots %+v (%v), want snap, held", snaps, err)
+	}
+	ssparse, err := f.SnapshotIno(ctx, "snap", "sparse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The snapshot predates the overwrite at 512 MiB and the file "after".
+	got = mustRead(t, f, ssparse.Ino, 512<<20-4096, 4096+64<<10+4096)
+	wantSnap := append(append(make([]byte, 4096), bytes.Repeat([]byte{0x5a}, 64<<10)...), make([]byte, 4096)...)
+	if !bytes.Equal(got, wantSnap) {
+		t.Error("snapshot of sparse: the data around 512 MiB differs")
+	}
+	if _, err := f.SnapshotIno(ctx, "snap", "after"); !errors.Is(err, ErrNotExist) {
+		t.Errorf("snapshot has \"after\": %v", err)
 	}
 }

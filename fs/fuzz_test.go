@@ -2,6 +2,7 @@ package fs
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"testing"
 
@@ -20,6 +21,8 @@ func FuzzDecodePieces(f *testing.F) {
 	}))
 	f.Add([]byte{0})
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x0f})
+	// A clone's piece: the frame's sealing inode follows the kind byte.
+	f.Add(encodePieces([]Piece{{Off: 0, Len: 4096, Frame: FrameRef{ID: 1, Obj: ObjRef{ObjSeg, 7}, Size: 99, Raw: 4096, Ino: 12}}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := decodePieces(b, 4096)
 		if err != nil {
@@ -34,6 +37,9 @@ func FuzzDecodePieces(f *testing.F) {
 		}
 		var end uint32
 		for _, x := range p {
+			if x.Frame.Obj.Kind&kindHasIno != 0 {
+				t.Fatalf("the inode flag leaked into the object kind: %+v", x)
+			}
 			if x.Off < end || x.end() > 4096 || x.Skip+x.Len > x.Frame.Raw {
 				t.Fatalf("decoder accepted an invalid piece %+v", x)
 			}
@@ -112,6 +118,33 @@ func FuzzDecodeObjInfo(f *testing.F) {
 			if p, err := decodeObjInfo(o.encode()); err != nil || p != o {
 				t.Fatal("object record does not round trip")
 			}
+		}
+	})
+}
+
+func FuzzDecodeSnapRecord(f *testing.F) {
+	r := snapRecord{Version: snapRecordVersion, ID: 3, Name: "hourly-20261129T2300Z", Created: 1, Schedule: "hourly",
+		Files: []ckptFile{{Name: "000001.sst", Key: "meta/000001/ab", Size: 10, Hash: "ab"}},
+		Objects: packObjects([]ObjRef{{ObjWAL, 4}, {ObjSeg, 1 << 40}})}
+	b, _ := json.Marshal(r)
+	f.Add(b)
+	f.Add([]byte(`{"version":1,"id":1,"name":"a","objects":"AQ=="}`))
+	f.Add([]byte(`{"version":1,"id":1,"name":"a","files":[{"name":"../x"}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := decodeSnapRecord(b)
+		if err != nil {
+			if !errors.Is(err, ErrIO) {
+				t.Fatalf("error not wrapping ErrIO: %v", err)
+			}
+			return
+		}
+		again, _ := json.Marshal(r)
+		s, err := decodeSnapRecord(again)
+		if err != nil || s.Name != r.Name || s.ID != r.ID || len(s.objects()) != len(r.objects()) {
+			t.Fatalf("snapshot record does not round trip: %v", err)
+		}
+		if ValidateSnapshotName(r.Name) != nil || r.ID == 0 || r.ID > maxSnapID {
+			t.Fatalf("decoder accepted %+v", r)
 		}
 	})
 }
