@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -69,7 +70,7 @@ func (f *FS) checkpoint(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return f.publishCheckpoint(ctx, ms, nil)
+	return f.publishCheckpoint(ctx, ms, true)
 }
 
 // metaSnapshot is a consistent copy of the applied metadata: a pebble
@@ -119,6 +120,15 @@ func (f *FS) snapshotMeta(ctx context.Context, dir string) (*metaSnapshot, error
 	if err != nil {
 		return nil, err
 	}
+	// The files go up in parallel: on a store 50 ms away, one after the
+	// other they would make a snapshot's (and every checkpoint's) latency
+	// a round trip per changed file.
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		errs []error
+		sem  = make(chan struct{}, 8)
+	)
 	for _, e := range entries {
 		if e.IsDir() {
 			continue
@@ -131,14 +141,26 @@ func (f *FS) snapshotMeta(ctx context.Context, dir string) (*metaSnapshot, error
 		cf := ckptFile{Name: e.Name(), Size: int64(len(data)), Hash: hex.EncodeToString(sum[:])}
 		if old, ok := have[cf.Hash]; ok {
 			cf.Key = old.Key
-		} else {
-			cf.Key = fmt.Sprintf("%s%06x/%s", metaPrefix, f.epoch, cf.Hash)
-			if _, err := f.main.Put(ctx, cf.Key, crypt.SealBlob(f.key, data, f.blobAAD(cf.Key))); err != nil {
-				return nil, fmt.Errorf("checkpoint: upload %s: %w", e.Name(), err)
-			}
-			ms.uploaded += int64(len(data))
+			ms.desc.Files = append(ms.desc.Files, cf)
+			continue
 		}
+		cf.Key = fmt.Sprintf("%s%06x/%s", metaPrefix, f.epoch, cf.Hash)
 		ms.desc.Files = append(ms.desc.Files, cf)
+		ms.uploaded += int64(len(data))
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if _, err := f.main.Put(ctx, cf.Key, crypt.SealBlob(f.key, data, f.blobAAD(cf.Key))); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("checkpoint: upload %s: %w", cf.Name, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	ms.descKey = fmt.Sprintf("%s%06x/ckpt-%016x", metaPrefix, f.epoch, pos.Seq)
 	body, _ := json.Marshal(ms.desc)
@@ -148,27 +170,28 @@ func (f *FS) snapshotMeta(ctx context.Context, dir string) (*metaSnapshot, error
 	return ms, nil
 }
 
-// publishCheckpoint moves the WAL head to ms and removes what only older
-// checkpoints and the WAL records before it needed, keeping whatever a
-// snapshot still uses (snapshot.go), and also the objects of pin: a snapshot
-// being created, not yet recorded. The caller holds ckptMu.
-func (f *FS) publishCheckpoint(ctx context.Context, ms *metaSnapshot, pin *metaSnapshot) error {
+// publishCheckpoint moves the WAL head to ms and, with sweep, removes what
+// only older checkpoints and the WAL records before it needed, keeping
+// whatever a snapshot still uses (snapshot.go). A snapshot being taken does
+// not sweep: that would cost it round trips, and its objects are not yet
+// pinned by a record; the next checkpoint sweeps. The caller holds ckptMu.
+func (f *FS) publishCheckpoint(ctx context.Context, ms *metaSnapshot, sweep bool) error {
 	pos := ms.desc.Pos
 	if pos != f.lastCkpt {
 		if err := f.wal.SetBase(ctx, pos, ms.descKey); err != nil {
 			return fmt.Errorf("checkpoint: %w", err)
 		}
 		f.lastCkpt = pos
-		f.prevDesc = &ms.desc
+		f.setPrevDesc(&ms.desc)
 		f.log.Info("checkpoint", "seq", pos.Seq, "files", len(ms.desc.Files), "uploaded_bytes", ms.uploaded,
 			"elapsed", time.Since(ms.started).Round(time.Millisecond))
+	}
+	if !sweep {
+		return nil
 	}
 	pins, err := f.snapshotPins()
 	if err != nil {
 		return err
-	}
-	if pin != nil {
-		pins.add(pin.objects, pin.desc.Files)
 	}
 	// The head has moved: what only older checkpoints reference can go.
 	if f.prevDesc != nil {
@@ -211,6 +234,13 @@ func (quietLogger) Fatalf(format string, args ...any) {
 	panic(fmt.Sprintf(format, args...))
 }
 
+// setPrevDesc records the checkpoint the head names. The caller holds
+// ckptMu, or is recovering.
+func (f *FS) setPrevDesc(d *ckptDesc) {
+	f.prevDesc = d
+	f.headDesc.Store(d)
+}
+
 // prevCheckpoint returns the descriptor the head names, loading it once.
 func (f *FS) prevCheckpoint(ctx context.Context) (*ckptDesc, error) {
 	if f.prevDesc != nil {
@@ -224,7 +254,7 @@ func (f *FS) prevCheckpoint(ctx context.Context) (*ckptDesc, error) {
 	if err != nil {
 		return nil, err
 	}
-	f.prevDesc = d
+	f.setPrevDesc(d)
 	return d, nil
 }
 
@@ -294,7 +324,7 @@ func (f *FS) restoreCheckpoint(ctx context.Context, head wal.Head, dir string) e
 	if err := os.Rename(tmp, dir); err != nil {
 		return err
 	}
-	f.prevDesc = d
+	f.setPrevDesc(d)
 	f.log.Info("restored metadata checkpoint", "seq", d.Pos.Seq, "files", len(d.Files), "bytes", total,
 		"elapsed", time.Since(started).Round(time.Millisecond))
 	return nil

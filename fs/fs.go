@@ -250,8 +250,9 @@ type FS struct {
 	gcMu      sync.Mutex // one GC pass at a time
 	lastSweep time.Time  // of orphan segments; guarded by gcMu
 	lastCkpt  wal.Position
-	prevDesc  *ckptDesc // the checkpoint the head names, once loaded
-	stats     *Stats    // shared with snapshot views (view.go)
+	prevDesc  *ckptDesc                // the checkpoint the head names, once loaded
+	headDesc  atomic.Pointer[ckptDesc] // prevDesc, for readers that must not wait for a checkpoint (Status)
+	stats     *Stats                   // shared with snapshot views (view.go)
 
 	statMu   sync.Mutex // StatFS's cached sum of object sizes
 	statAt   time.Time

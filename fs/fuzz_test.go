@@ -124,7 +124,7 @@ func FuzzDecodeObjInfo(f *testing.F) {
 
 func FuzzDecodeSnapRecord(f *testing.F) {
 	r := snapRecord{Version: snapRecordVersion, ID: 3, Name: "hourly-20261129T2300Z", Created: 1, Schedule: "hourly",
-		Files: []ckptFile{{Name: "000001.sst", Key: "meta/000001/ab", Size: 10, Hash: "ab"}},
+		Files:   []ckptFile{{Name: "000001.sst", Key: "meta/000001/ab", Size: 10, Hash: "ab"}},
 		Objects: packObjects([]ObjRef{{ObjWAL, 4}, {ObjSeg, 1 << 40}})}
 	b, _ := json.Marshal(r)
 	f.Add(b)

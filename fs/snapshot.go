@@ -262,7 +262,7 @@ func (f *FS) CreateSnapshot(ctx context.Context, name string, o SnapshotOptions)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("create snapshot %q: %w", name, err)
 	}
-	if err := f.publishCheckpoint(ctx, ms, ms); err != nil {
+	if err := f.publishCheckpoint(ctx, ms, false); err != nil {
 		return Snapshot{}, fmt.Errorf("create snapshot %q: %w", name, err)
 	}
 	if err := os.RemoveAll(dir); err != nil {
@@ -447,13 +447,11 @@ func (f *FS) snapshotSpace(recs []*snapRecord) (map[uint64]int64, int64, error) 
 		}
 	}
 	current := make(map[string]bool)
-	f.ckptMu.Lock()
-	if f.prevDesc != nil {
-		for _, cf := range f.prevDesc.Files {
+	if d := f.headDesc.Load(); d != nil {
+		for _, cf := range d.Files {
 			current[cf.Key] = true
 		}
 	}
-	f.ckptMu.Unlock()
 	for k, u := range files {
 		if current[k] {
 			continue

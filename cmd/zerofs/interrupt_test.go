@@ -35,7 +35,7 @@ h.pwrite(bytes([int(sys.argv[2])]) * 65536, 0)
 print("WRITTEN")
 `
 
-func nbdsh(t *testing.T, script string, args ...string) string {
+func nbdsh(t testing.TB, script string, args ...string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "script.py")
 	if err := os.WriteFile(path, []byte(script), 0o644); err != nil {

@@ -28,7 +28,7 @@ var (
 	buildErr  error
 )
 
-func zerofsBinary(t *testing.T) string {
+func zerofsBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "zerofs-bin")
@@ -55,7 +55,7 @@ var (
 
 // freePort returns a free port in 30000-39999, never the same twice in one
 // test binary (a server given the same port twice would fail to start).
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	portsMu.Lock()
 	defer portsMu.Unlock()
@@ -88,7 +88,7 @@ type server struct {
 
 // startServer runs `zerofs run -c` on the example configuration with only the
 // ports changed, in a fresh working directory.
-func startServer(t *testing.T, bin, template string) *server {
+func startServer(t testing.TB, bin, template string) *server {
 	t.Helper()
 	s := newServer(t)
 	s.nbd = fmt.Sprintf("127.0.0.1:%d", freePort(t))
@@ -99,12 +99,12 @@ func startServer(t *testing.T, bin, template string) *server {
 	return s.start(t, bin, cfg)
 }
 
-func newServer(t *testing.T) *server {
+func newServer(t testing.TB) *server {
 	return &server{dir: t.TempDir()}
 }
 
 // start writes cfg as zerofs.toml in the server's directory and runs it.
-func (s *server) start(t *testing.T, bin, cfg string) *server {
+func (s *server) start(t testing.TB, bin, cfg string) *server {
 	t.Helper()
 	dir := s.dir
 	if err := os.WriteFile(filepath.Join(dir, "zerofs.toml"), []byte(cfg), 0o600); err != nil {
@@ -129,7 +129,7 @@ func (s *server) start(t *testing.T, bin, cfg string) *server {
 
 func (s *server) log() string { return s.proc.Output() }
 
-func (s *server) stop(t *testing.T) {
+func (s *server) stop(t testing.TB) {
 	t.Helper()
 	s.proc.Signal(syscall.SIGTERM)
 	select {
@@ -145,7 +145,7 @@ func (s *server) stop(t *testing.T) {
 	}
 }
 
-func run(t *testing.T, bin string, stdin string, args ...string) (string, error) {
+func run(t testing.TB, bin string, stdin string, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Stdin = strings.NewReader(stdin)
@@ -153,7 +153,7 @@ func run(t *testing.T, bin string, stdin string, args ...string) (string, error)
 	return string(out), err
 }
 
-func need(t *testing.T, tools ...string) {
+func need(t testing.TB, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -302,7 +302,7 @@ func TestRunServesAndManagesDevices(t *testing.T) {
 	s2.stop(t)
 }
 
-func scrape(t *testing.T, url string) string {
+func scrape(t testing.TB, url string) string {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {

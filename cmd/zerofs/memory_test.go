@@ -173,7 +173,7 @@ func cfgWithPorts(cfg string, s *server) string {
 		`"127.0.0.1:7311"`, `"`+s.admin+`"`, "disk_size_gb = 1.0", "disk_size_gb = 0.05").Replace(cfg)
 }
 
-func qemuIO(t *testing.T, uri string, cmds ...string) {
+func qemuIO(t testing.TB, uri string, cmds ...string) {
 	t.Helper()
 	out, err := exec.Command("qemu-io", append(append([]string{"-f", "raw"}, cmds...), uri)...).CombinedOutput()
 	if err != nil || bytes.Contains(out, []byte("Pattern verification failed")) || bytes.Contains(out, []byte("failed")) {
@@ -182,7 +182,7 @@ func qemuIO(t *testing.T, uri string, cmds ...string) {
 }
 
 // metricValue is the value of an unlabelled sample in a /metrics text.
-func metricValue(t *testing.T, text, name string) float64 {
+func metricValue(t testing.TB, text, name string) float64 {
 	t.Helper()
 	for _, line := range strings.Split(text, "\n") {
 		if v, ok := strings.CutPrefix(line, name+" "); ok {

@@ -196,7 +196,7 @@ time.sleep(60)
 	fresh.stop(t)
 }
 
-func fileSum(t *testing.T, path string) [32]byte {
+func fileSum(t testing.TB, path string) [32]byte {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
