@@ -74,22 +74,28 @@ func (f *FS) GC(ctx context.Context) (GCStats, error) {
 	var dead []ObjRef
 	// Objects a snapshot references stay whole, whatever the current state
 	// still uses of them: deleting them would break the snapshot, and
-	// moving their live frames would only store those twice.
+	// moving their live frames would only store those twice (but for
+	// records in a local WAL directory, below).
 	pins, err := f.snapshotPins()
 	if err != nil {
 		return st, err
 	}
+	localWAL := f.wal.Records() != f.main
 	err = f.scanObjects(func(obj ObjRef, info objInfo) {
+		pinned := pins.objects[obj] > 0
 		switch {
-		case pins.objects[obj] > 0:
-			return
 		case info.Live <= 0:
-			if obj.Kind == ObjWAL && obj.ID > head.Base.Seq {
-				return // recovery still replays it; the checkpoint will remove it
+			if pinned || obj.Kind == ObjWAL && obj.ID > head.Base.Seq {
+				return // a snapshot's, or recovery still replays it (the checkpoint will remove it)
 			}
 			dead = append(dead, obj)
 			st.DeletedBytes += info.Size
+		case pinned && !(obj.Kind == ObjWAL && localWAL):
+			return
 		case f.shouldMove(obj, info):
+			// A pinned record in a local WAL directory is still packed: the
+			// current state's data must reach the bucket. The record stays
+			// for the snapshot.
 			move = append(move, cand{obj, info})
 		}
 	})

@@ -244,3 +244,61 @@ func TestSnapshotGC(t *testing.T) {
 		t.Fatal("live data damaged")
 	}
 }
+
+// TestSnapshotWithLocalWAL: with the WAL in its own store (a local
+// directory), GC still packs the current state's data into the main store
+// while a snapshot pins the WAL records; the snapshot reads from them until
+// it is deleted, and then they go.
+func TestSnapshotWithLocalWAL(t *testing.T) {
+	ctx := context.Background()
+	main, walStore := store.NewMem(), store.NewMem()
+	opts := testOptions(t, main, t.TempDir())
+	opts.WAL = walStore
+	f := mustOpen(t, opts)
+	defer func() { f.crash() }()
+	n := mustCreate(t, f, RootIno, "f", TypeRegular|0o644)
+	data := fill(200<<10, 'x')
+	mustWrite(t, f, n.Ino, 0, data)
+	if _, err := f.CreateSnapshot(ctx, "s", SnapshotOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The live file's data is in the main store now: reading it with the
+	// WAL store emptied must work.
+	segs, err := main.List(ctx, "seg/")
+	if err != nil || len(segs) == 0 {
+		t.Fatalf("no segment in the main store after GC (%v): the data stayed in the local WAL", err)
+	}
+	recs, _ := walStore.List(ctx, "wal/")
+	if len(recs) == 0 {
+		t.Fatal("the snapshot's WAL records were deleted")
+	}
+	sn, err := f.SnapshotIno(ctx, "s", "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRead(t, f, sn.Ino, 0, len(data)); !bytes.Equal(got, data) {
+		t.Fatal("snapshot differs")
+	}
+	if _, err := f.DeleteSnapshot(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRead(t, f, n.Ino, 0, len(data)); !bytes.Equal(got, data) {
+		t.Fatal("live file differs")
+	}
+	var dataRecs int
+	recs, _ = walStore.List(ctx, "wal/")
+	for _, r := range recs {
+		if r.Size > 64<<10 {
+			dataRecs++
+		}
+	}
+	if dataRecs != 0 {
+		t.Fatalf("%d WAL records with data left after the snapshot was deleted: %v", dataRecs, recs)
+	}
+}

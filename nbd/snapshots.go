@@ -80,7 +80,7 @@ func lookupAnyExport(ctx context.Context, f *fs.FS, name string) (n fs.Inode, sn
 // ListSnapshotExports lists every snapshot's devices as DEVICE@SNAPSHOT, by
 // snapshot (oldest first), then device name.
 func ListSnapshotExports(ctx context.Context, f *fs.FS) ([]ExportInfo, error) {
-	snaps, err := f.Snapshots(ctx)
+	snaps, err := f.SnapshotNames(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -23,6 +23,7 @@ build() {
 
 # NBD_EXTRA (optional): more lines for [servers.nbd], e.g. tls keys and
 # [[servers.nbd.access]] tables; set it for one call (NBD_EXTRA=... config 0).
+# NBD_ADDRESSES (optional): the region's NBD addresses, instead of its port.
 config() { # $1 = region
   cat <<CONF
 [cache]
@@ -33,7 +34,7 @@ memory_size_gb = 0.25
 url = "file://$W/region$1/store"
 encryption_password = "\${ZEROFS_PASSWORD}"
 [servers.nbd]
-addresses = ["127.0.0.1:${PORTS[$1]}"]
+addresses = [${NBD_ADDRESSES:-"127.0.0.1:${PORTS[$1]}"}]
 ${NBD_EXTRA:-}
 [servers.nfs]
 addresses = []
@@ -83,6 +84,7 @@ cleanup() {
 #   kill R [S]   kill -9, wait S seconds (default 1), start again
 #   clear R      zerofs nbd clear diskR
 #   list R       zerofs nbd list
+#   cli R ARGS   zerofs ARGS on region R's admin endpoint
 since() { awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $1}"; }
 act() {
   local action=$1 r=$2 pause=${3:-} t0 out
@@ -94,6 +96,7 @@ act() {
           out="region $r restarted after kill -9: down $(since "$t0") s" ;;
     clear) out=$("$BIN" nbd clear "disk$r" --admin "127.0.0.1:${ADMIN[$r]}" 2>&1) ;;
     list) out=$("$BIN" nbd list --admin "127.0.0.1:${ADMIN[$r]}" 2>&1 | tr '\n' ';') ;;
+    cli) out=$("$BIN" "${@:3}" --admin "127.0.0.1:${ADMIN[$r]}" 2>&1 | tr '\n' ';') ;;
     *) out="unknown action $action" ;;
   esac
   echo "host $(date +%T): $out" >&2
