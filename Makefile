@@ -16,7 +16,7 @@ export GOFLAGS
 
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build run test test-minio test-deps check unit fuzz-quick fuzz bench bench-remote bench-tls bench-start soak clean nbd-tester
+.PHONY: all build run test test-minio test-deps check unit fuzz-quick fuzz bench bench-remote bench-tls bench-start bench-snapshot soak clean nbd-tester
 
 all: build
 
@@ -60,7 +60,8 @@ fuzz:
 # Benchmarks, each against a baseline in the same run (docs/benchmarks.md):
 # flush vs a bare PUT/fsync, the engine alone, NBD vs nbdkit memory (fio),
 # NBD over TLS vs plaintext (bench-tls), NFS vs nfs-ganesha (set NFS_BENCH_NO_GANESHA=1 where ganesha cannot run),
-# NBD on a store 20 ms away (bench-remote), and start time (bench-start).
+# NBD on a store 20 ms away (bench-remote), start time (bench-start), and
+# snapshot and clone of a 100 GiB device vs copying it (bench-snapshot).
 bench: test-deps
 	$(GO) test -run '^$$' -bench 'BenchmarkFlush' -benchtime 500x ./fs
 	$(GO) test -run '^$$' -bench 'BenchmarkEngine' -benchtime 3s ./fs
@@ -69,6 +70,7 @@ bench: test-deps
 	./bench/nfs.sh
 	./bench/remote.sh
 	./bench/start.sh
+	./bench/snapshot.sh
 
 bench-tls: test-deps
 	./bench/tls.sh
@@ -79,6 +81,9 @@ bench-remote: test-deps
 # Start time with a full disk cache against an empty one, and after kill -9.
 bench-start: test-deps
 	./bench/start.sh
+
+bench-snapshot: test-deps
+	./bench/snapshot.sh
 
 # Longer randomized crash-recovery runs with fresh seeds (not part of make test).
 # soak's test is not piped through a filter: the pipe's status would hide a failure.

@@ -19,15 +19,17 @@ import (
 //	kindUsed   ino                   bytes a file's chunk pieces map (NFS "used"),
 //	                                 absent when zero; see used.go
 //	kindSnap   name                  a snapshot's record (snapshot.go)
+//	kindSnapObjs id                  the data objects a snapshot references
 const (
-	kindMeta   byte = 0x01
-	kindInode  byte = 0x02
-	kindDirent byte = 0x03
-	kindCookie byte = 0x04
-	kindChunk  byte = 0x05
-	kindObject byte = 0x06
-	kindUsed   byte = 0x07
-	kindSnap   byte = 0x08
+	kindMeta     byte = 0x01
+	kindInode    byte = 0x02
+	kindDirent   byte = 0x03
+	kindCookie   byte = 0x04
+	kindChunk    byte = 0x05
+	kindObject   byte = 0x06
+	kindUsed     byte = 0x07
+	kindSnap     byte = 0x08
+	kindSnapObjs byte = 0x09
 )
 
 func metaKey(name string) []byte { return append([]byte{kindMeta}, name...) }

@@ -23,8 +23,9 @@ import (
 // checkpoint of the applied metadata, hard-linked under Dir/snapshots/<id>
 // and uploaded to the bucket (only the files the bucket lacks: the cost is
 // the metadata changed since the last checkpoint, never data), plus a
-// record in the metadata itself (kindSnap) naming its files and the data
-// objects its chunks reference. The record goes through the WAL like any
+// record in the metadata itself (kindSnap, by name) naming its files, and
+// the list of data objects its chunks reference (kindSnapObjs, by id: kept
+// apart so that listing and looking up snapshots never decodes them). The record goes through the WAL like any
 // change, so snapshots are durable, fenced and replayed like files are: a
 // fresh machine recovering from the bucket sees every snapshot, and fetches
 // a snapshot's metadata files when it is first read.
@@ -104,7 +105,6 @@ type snapRecord struct {
 	Created  int64        `json:"created"` // unix ns
 	Pos      wal.Position `json:"position"`
 	Files    []ckptFile   `json:"files"`
-	Objects  []byte       `json:"objects"` // packed: kind (1 byte), id (8, big endian)
 	Held     bool         `json:"held,omitempty"`
 	Schedule string       `json:"schedule,omitempty"`
 }
@@ -120,12 +120,39 @@ func packObjects(objs []ObjRef) []byte {
 	return b
 }
 
-func (r *snapRecord) objects() []ObjRef {
-	out := make([]ObjRef, 0, len(r.Objects)/9)
-	for b := r.Objects; len(b) >= 9; b = b[9:] {
-		out = append(out, ObjRef{Kind: ObjKind(b[0]), ID: binary.BigEndian.Uint64(b[1:])})
+// decodeObjects reads a packed object list (kindSnapObjs).
+func decodeObjects(b []byte) ([]ObjRef, error) {
+	if len(b)%9 != 0 {
+		return nil, fmt.Errorf("snapshot object list of %d bytes: %w", len(b), ErrIO)
 	}
-	return out
+	out := make([]ObjRef, 0, len(b)/9)
+	for ; len(b) >= 9; b = b[9:] {
+		k := ObjKind(b[0])
+		if k != ObjWAL && k != ObjSeg {
+			return nil, fmt.Errorf("snapshot object list: object kind %d: %w", k, ErrIO)
+		}
+		out = append(out, ObjRef{Kind: k, ID: binary.BigEndian.Uint64(b[1:])})
+	}
+	return out, nil
+}
+
+func snapObjsKey(id uint64) []byte {
+	k := make([]byte, 9)
+	k[0] = kindSnapObjs
+	binary.BigEndian.PutUint64(k[1:], id)
+	return k
+}
+
+// snapshotObjects reads the object list of snapshot id as chain sees it.
+func (f *FS) snapshotObjects(chain []*batch, id uint64) ([]ObjRef, error) {
+	v, ok, err := f.getKV(chain, snapObjsKey(id))
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("snapshot %d has no object list: %w", id, ErrIO)
+	}
+	return decodeObjects(v)
 }
 
 func (r *snapRecord) info() Snapshot {
@@ -140,7 +167,7 @@ func decodeSnapRecord(b []byte) (*snapRecord, error) {
 	switch {
 	case r.Version != snapRecordVersion:
 		return nil, fmt.Errorf("snapshot record %q: version %d, this zerofs reads %d: %w", r.Name, r.Version, snapRecordVersion, ErrIO)
-	case r.ID == 0 || r.ID > maxSnapID || len(r.Objects)%9 != 0 || ValidateSnapshotName(r.Name) != nil:
+	case r.ID == 0 || r.ID > maxSnapID || ValidateSnapshotName(r.Name) != nil:
 		return nil, fmt.Errorf("snapshot record %q (id %d): malformed: %w", r.Name, r.ID, ErrIO)
 	}
 	for _, cf := range r.Files {
@@ -208,7 +235,11 @@ func (f *FS) snapshotPins() (*pinSet, error) {
 	}
 	p := &pinSet{objects: make(map[ObjRef]int), files: make(map[string]bool)}
 	for _, r := range recs {
-		p.add(r.objects(), r.Files)
+		objs, err := f.snapshotObjects(nil, r.ID)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot pins of %q: %w", r.Name, err)
+		}
+		p.add(objs, r.Files)
 	}
 	return p, nil
 }
@@ -273,12 +304,12 @@ func (f *FS) CreateSnapshot(ctx context.Context, name string, o SnapshotOptions)
 	}
 	rec := &snapRecord{
 		Version: snapRecordVersion, ID: id, Name: name, Created: time.Now().UnixNano(),
-		Pos: ms.desc.Pos, Files: ms.desc.Files, Objects: packObjects(ms.objects),
-		Held: o.Held, Schedule: o.Schedule,
+		Pos: ms.desc.Pos, Files: ms.desc.Files, Held: o.Held, Schedule: o.Schedule,
 	}
 	body, _ := json.Marshal(rec)
 	f.viewMu.RLock()
 	f.open.setKV(metaKey(nextSnapKeyName), binary.BigEndian.AppendUint64(nil, id+1))
+	f.open.setKV(snapObjsKey(id), packObjects(ms.objects))
 	f.open.setKV(snapKey(name), body)
 	f.viewMu.RUnlock()
 	if err := f.Flush(ctx); err != nil {
@@ -338,13 +369,14 @@ func (f *FS) DeleteSnapshot(ctx context.Context, name string) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
-	excl, _, err := f.snapshotSpace(recs)
+	excl, _, err := f.snapshotSpace(chain, recs)
 	if err != nil {
 		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
 	f.closeView(rec.ID)
 	f.viewMu.RLock()
 	f.open.deleteKV(snapKey(name))
+	f.open.deleteKV(snapObjsKey(rec.ID))
 	f.viewMu.RUnlock()
 	if err := f.Flush(ctx); err != nil {
 		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
@@ -397,7 +429,7 @@ func (f *FS) snapshots(space bool) ([]Snapshot, error) {
 	}
 	excl := map[uint64]int64{}
 	if space {
-		if excl, _, err = f.snapshotSpace(recs); err != nil {
+		if excl, _, err = f.snapshotSpace(nil, recs); err != nil {
 			return nil, fmt.Errorf("list snapshots: %w", err)
 		}
 	}
@@ -411,10 +443,11 @@ func (f *FS) snapshots(space bool) ([]Snapshot, error) {
 	return out, nil
 }
 
-// snapshotSpace computes, for snapshots recs, the bytes each alone holds
-// (by id) and the bytes they hold together: objects the current state no
-// longer uses, and metadata files the current checkpoint does not use.
-func (f *FS) snapshotSpace(recs []*snapRecord) (map[uint64]int64, int64, error) {
+// snapshotSpace computes, for snapshots recs (as chain sees them), the
+// bytes each alone holds (by id) and the bytes they hold together: objects
+// the current state no longer uses, and metadata files the current
+// checkpoint does not use.
+func (f *FS) snapshotSpace(chain []*batch, recs []*snapRecord) (map[uint64]int64, int64, error) {
 	excl := make(map[uint64]int64)
 	type use struct {
 		n     int
@@ -424,7 +457,11 @@ func (f *FS) snapshotSpace(recs []*snapRecord) (map[uint64]int64, int64, error) 
 	files := make(map[string]*use)
 	sizes := make(map[string]int64)
 	for _, r := range recs {
-		for _, o := range r.objects() {
+		robjs, err := f.snapshotObjects(chain, r.ID)
+		if err != nil {
+			return nil, 0, err
+		}
+		for _, o := range robjs {
 			if u := objs[o]; u != nil {
 				u.n++
 			} else {
@@ -479,7 +516,7 @@ func (f *FS) SnapshotBytes() (count int, held int64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	_, held, err = f.snapshotSpace(recs)
+	_, held, err = f.snapshotSpace(nil, recs)
 	return len(recs), held, err
 }
 

@@ -172,19 +172,29 @@ func (f *FS) lookupChunk(chain []*batch, id chunkID) (*dirtyChunk, []Piece, erro
 
 // findChunk is lookupChunk that also says which batch the dirty chunk is in.
 func (f *FS) findChunk(chain []*batch, id chunkID) (*dirtyChunk, *batch, []Piece, error) {
-	for i := len(chain) - 1; i >= 0; i-- {
-		if dc := chain[i].getChunk(id); dc != nil {
-			return dc, chain[i], nil, nil
-		}
-		if chain[i].tombCovers(id) {
-			return nil, nil, nil, nil
-		}
+	if dc, in, tomb := findInChain(chain, id); dc != nil || tomb {
+		return dc, in, nil, nil
 	}
 	pieces, err := f.getPieces(f.db, chunkKey(id.ino, id.idx))
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("chunk %d of inode %d: %w: %w", id.idx, id.ino, ErrIO, err)
 	}
 	return nil, nil, pieces, nil
+}
+
+// findInChain finds chunk id's newest state in the batch chain: a dirty
+// chunk and its batch, or tomb if a punch made it a hole; neither means
+// pebble has it.
+func findInChain(chain []*batch, id chunkID) (dc *dirtyChunk, in *batch, tomb bool) {
+	for i := len(chain) - 1; i >= 0; i-- {
+		if dc := chain[i].getChunk(id); dc != nil {
+			return dc, chain[i], false
+		}
+		if chain[i].tombCovers(id) {
+			return nil, nil, true
+		}
+	}
+	return nil, nil, false
 }
 
 // Punch deallocates [off, off+length) of regular file ino: it reads as zeros
