@@ -277,6 +277,7 @@ func (f *FS) CreateSnapshot(ctx context.Context, name string, o SnapshotOptions)
 		return Snapshot{}, fmt.Errorf("create snapshot %q: flush: %w", name, err)
 	}
 	f.waitApplied()
+	flushed := time.Now()
 	f.gcMu.Lock()
 	defer f.gcMu.Unlock()
 	f.ckptMu.Lock()
@@ -289,10 +290,12 @@ func (f *FS) CreateSnapshot(ctx context.Context, name string, o SnapshotOptions)
 	dir := f.snapshotDir(id)
 	tmp := dir + ".tmp"
 	defer os.RemoveAll(tmp)
+	locked := time.Now()
 	ms, err := f.snapshotMeta(ctx, tmp)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("create snapshot %q: %w", name, err)
 	}
+	uploaded := time.Now()
 	if err := f.publishCheckpoint(ctx, ms, false); err != nil {
 		return Snapshot{}, fmt.Errorf("create snapshot %q: %w", name, err)
 	}
@@ -316,8 +319,11 @@ func (f *FS) CreateSnapshot(ctx context.Context, name string, o SnapshotOptions)
 		return Snapshot{}, fmt.Errorf("create snapshot %q: record: %w", name, err)
 	}
 	f.waitApplied()
+	ms2 := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
 	f.log.Info("snapshot created", "snapshot", name, "id", id, "seq", rec.Pos.Seq, "objects", len(ms.objects),
-		"uploaded_bytes", ms.uploaded, "elapsed", time.Since(started).Round(time.Millisecond))
+		"uploaded_bytes", ms.uploaded, "elapsed", ms2(time.Since(started)),
+		"flush", ms2(flushed.Sub(started)), "wait_gc", ms2(locked.Sub(flushed)),
+		"metadata", ms2(uploaded.Sub(locked)), "record", ms2(time.Since(uploaded)))
 	return rec.info(), nil
 }
 
