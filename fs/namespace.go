@@ -247,24 +247,29 @@ func (c *Cred) gid() uint32 {
 
 // allocIno takes the next inode number. Inode numbers are never reused.
 func (f *FS) allocIno(chain []*batch) (uint64, error) {
-	key := metaKey("next_ino")
-	v, ok, err := f.getKV(chain, key)
+	next, err := f.counter(chain, "next_ino", RootIno+1)
 	if err != nil {
 		return 0, err
-	}
-	next := RootIno + 1
-	if ok {
-		if len(v) != 8 {
-			return 0, fmt.Errorf("corrupt inode counter: %w", ErrIO)
-		}
-		next = binary.BigEndian.Uint64(v)
 	}
 	if next > viewInoMask {
 		// Numbers above are snapshots' (view.go).
 		return 0, fmt.Errorf("all %d inode numbers are used: %w", viewInoMask, ErrNoSpace)
 	}
-	f.open.setKV(key, binary.BigEndian.AppendUint64(nil, next+1))
+	f.open.setKV(metaKey("next_ino"), binary.BigEndian.AppendUint64(nil, next+1))
 	return next, nil
+}
+
+// counter reads the counter kept under metaKey(name), first if it was
+// never set.
+func (f *FS) counter(chain []*batch, name string, first uint64) (uint64, error) {
+	v, ok, err := f.getKV(chain, metaKey(name))
+	if err != nil || !ok {
+		return first, err
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("corrupt counter %s: %w", name, ErrIO)
+	}
+	return binary.BigEndian.Uint64(v), nil
 }
 
 // linkEntry adds name → ino to directory d (updating d.NextCookie; the

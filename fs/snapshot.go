@@ -332,21 +332,11 @@ const nextSnapKeyName = "next_snapshot"
 // nextSnapshotID reads the next snapshot id. Ids are never reused, so an
 // NFS handle of a deleted snapshot's file can never name another's.
 func (f *FS) nextSnapshotID() (uint64, error) {
-	v, ok, err := f.getKV(f.chain(), metaKey(nextSnapKeyName))
-	if err != nil {
-		return 0, err
+	id, err := f.counter(f.chain(), nextSnapKeyName, 1)
+	if err == nil && id > maxSnapID {
+		err = fmt.Errorf("all %d snapshot ids are used: %w", maxSnapID, ErrNoSpace)
 	}
-	id := uint64(1)
-	if ok {
-		if len(v) != 8 {
-			return 0, fmt.Errorf("corrupt snapshot counter: %w", ErrIO)
-		}
-		id = binary.BigEndian.Uint64(v)
-	}
-	if id > maxSnapID {
-		return 0, fmt.Errorf("all %d snapshot ids are used: %w", maxSnapID, ErrNoSpace)
-	}
-	return id, nil
+	return id, err
 }
 
 func (f *FS) snapshotDir(id uint64) string {

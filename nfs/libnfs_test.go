@@ -2,9 +2,7 @@ package nfs
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"fmt"
-	"io"
 	mrand "math/rand/v2"
 	"net"
 	"os"
@@ -13,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"zerofs/internal/testutil"
 )
 
 // Real clients: libnfs's command-line tools (Debian libnfs-utils). There is
@@ -61,22 +61,6 @@ func runTool(t *testing.T, timeout time.Duration, name string, args ...string) s
 	return out.String()
 }
 
-func fileSHA(t *testing.T, path string) [32]byte {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	var sum [32]byte
-	copy(sum[:], h.Sum(nil))
-	return sum
-}
-
 // TestLibnfsRoundTrip copies a 200 MiB file in and out with nfs-cp, reads a
 // small one with nfs-cat, and lists a tree with nfs-ls -R.
 func TestLibnfsRoundTrip(t *testing.T) {
@@ -99,7 +83,7 @@ func TestLibnfsRoundTrip(t *testing.T) {
 	start = time.Now()
 	runTool(t, 5*time.Minute, "nfs-cp", nfsURL(f.addr, "//big.bin"), dst)
 	t.Logf("nfs-cp out: %d MiB in %v", size>>20, time.Since(start).Round(time.Millisecond))
-	if fileSHA(t, src) != fileSHA(t, dst) {
+	if testutil.FileSHA256(t, src) != testutil.FileSHA256(t, dst) {
 		t.Fatal("file copied through NFS differs")
 	}
 	c := f.client(0, 0)

@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -49,17 +48,7 @@ func BenchmarkSnapshotClone(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer px.Close()
-	example, err := os.ReadFile("../../config.example.toml")
-	if err != nil {
-		b.Fatal(err)
-	}
-	tmpl := strings.NewReplacer(
-		`url = "file://./data/store"`, `url = "`+url+`"`,
-		`endpoint = ""`, `endpoint = "`+px.URL()+`"`,
-		`access_key_id = ""`, `access_key_id = "`+ak+`"`,
-		`secret_access_key = ""`, `secret_access_key = "`+sk+`"`,
-		`allow_http = false`, `allow_http = true`,
-	).Replace(string(example))
+	tmpl := s3Config(b, url, px.URL(), ak, sk)
 	s := startServer(b, bin, tmpl)
 	cli := func(args ...string) string {
 		out, err := run(b, bin, "", append(args, "--admin", s.admin)...)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -41,17 +40,7 @@ func TestSnapshotsThroughRealClients(t *testing.T) {
 	bin := zerofsBinary(t)
 	endpoint, ak, sk := testutil.StartS3Server(t)
 	url, _ := testutil.CreateBucket(t, endpoint, ak, sk, "snapshots", "fs")
-	example, err := os.ReadFile("../../config.example.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := strings.NewReplacer(
-		`url = "file://./data/store"`, `url = "`+url+`"`,
-		`endpoint = ""`, `endpoint = "`+endpoint+`"`,
-		`access_key_id = ""`, `access_key_id = "`+ak+`"`,
-		`secret_access_key = ""`, `secret_access_key = "`+sk+`"`,
-		`allow_http = false`, `allow_http = true`,
-	).Replace(string(example))
+	tmpl := s3Config(t, url, endpoint, ak, sk)
 	s := startServer(t, bin, tmpl)
 	cfg := cfgWithPorts(tmpl, s)
 	cli := func(s *server, args ...string) string {
@@ -118,7 +107,7 @@ func TestSnapshotsThroughRealClients(t *testing.T) {
 				t.Fatalf("%s: nbdcopy %s: %v\n%s", when, cp[0], err, out)
 			}
 		}
-		if sa, sb := fileSum(t, a), fileSum(t, b); sa != sb {
+		if sa, sb := testutil.FileSHA256(t, a), testutil.FileSHA256(t, b); sa != sb {
 			t.Fatalf("%s: nbdcopy of clone c1 differs from its source d@s1", when)
 		}
 		os.Remove(a)
@@ -196,18 +185,19 @@ time.sleep(60)
 	fresh.stop(t)
 }
 
-func fileSum(t testing.TB, path string) [32]byte {
+// s3Config is config.example.toml with its store in bucket url on the S3
+// server at endpoint.
+func s3Config(t testing.TB, url, endpoint, accessKey, secretKey string) string {
 	t.Helper()
-	f, err := os.Open(path)
+	example, err := os.ReadFile("../../config.example.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	var sum [32]byte
-	copy(sum[:], h.Sum(nil))
-	return sum
+	return strings.NewReplacer(
+		`url = "file://./data/store"`, `url = "`+url+`"`,
+		`endpoint = ""`, `endpoint = "`+endpoint+`"`,
+		`access_key_id = ""`, `access_key_id = "`+accessKey+`"`,
+		`secret_access_key = ""`, `secret_access_key = "`+secretKey+`"`,
+		`allow_http = false`, `allow_http = true`,
+	).Replace(string(example))
 }
