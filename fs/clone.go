@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"maps"
 	"math"
@@ -56,7 +57,7 @@ func (f *FS) CloneFile(ctx context.Context, c *Cred, src, dir uint64, name strin
 		if _, _, _, ok, err := f.lookupEntry(chain, dir, name); err != nil {
 			return err
 		} else if ok {
-			return fmt.Errorf("clone to %q: %w", name, ErrExist)
+			return ErrExist
 		}
 		if sf == f {
 			rw := f.inodeRW(real)
@@ -197,6 +198,7 @@ func (f *FS) copyChunks(chain []*batch, dstFS *FS, b *batch, from, to uint64) er
 	// One pass over the source's chunk entries, not a lookup per chunk: a
 	// device with 10 GiB written has 160 000 of them.
 	stored := make(map[uint64][]Piece)
+	origins := make(map[uint64]bool) // inodes the copied frames were sealed for
 	start, end := chunkRangeKeys(from, 0, math.MaxUint64)
 	it, err := f.db.NewIter(&pebble.IterOptions{LowerBound: start, UpperBound: end})
 	if err != nil {
@@ -236,9 +238,32 @@ func (f *FS) copyChunks(chain []*batch, dstFS *FS, b *batch, from, to uint64) er
 			b.dataBytes.Add(int64(len(ndc.data)))
 		}
 		ndc.base = sharePieces(ndc.base, from, to)
+		for _, p := range ndc.base {
+			if p.Frame.Ino != 0 {
+				origins[p.Frame.Ino] = true
+			}
+		}
 		b.putChunk(chunkID{to, idx}, ndc)
 	}
+	for ino := range origins {
+		b.setKV(cloneLinkKey(ino, to), []byte{1})
+	}
 	return nil
+}
+
+// cloneLinks lists the files that may share frames sealed for inode origin
+// (clone links, recorded by copyChunks and never removed: a link to a file
+// since deleted or rewritten only costs GC a lookup).
+func (f *FS) cloneLinks(chain []*batch, origin uint64) ([]uint64, error) {
+	start := cloneLinkKey(origin, 0)
+	var out []uint64
+	err := f.scan(chain, start, prefixEnd(start[:9]), func(k, _ []byte) bool {
+		if len(k) == 17 {
+			out = append(out, binary.BigEndian.Uint64(k[9:]))
+		}
+		return true
+	})
+	return out, err
 }
 
 // sharePieces returns pieces of a chunk of inode from, as pieces of the same

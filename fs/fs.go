@@ -245,6 +245,7 @@ type FS struct {
 	viewOpenMu sync.Mutex // one view opening at a time
 	viewsMu    sync.Mutex
 	views      map[uint64]*view // open snapshot views by id
+	isView     bool             // this FS is a snapshot's view
 
 	ckptMu    sync.Mutex // one checkpoint at a time
 	gcMu      sync.Mutex // one GC pass at a time

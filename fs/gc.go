@@ -128,7 +128,7 @@ func (f *FS) GC(ctx context.Context) (GCStats, error) {
 		}
 		st.Packed++
 		for _, fr := range frames {
-			live, err := f.frameLive(fr)
+			users, live, err := f.frameLive(fr)
 			if err != nil {
 				return st, err
 			}
@@ -136,10 +136,18 @@ func (f *FS) GC(ctx context.Context) (GCStats, error) {
 				continue
 			}
 			if live*2 < int64(fr.ref.Raw) {
-				if ok, err := f.rewriteChunk(ctx, chunkID{fr.ino, fr.idx}); err != nil {
-					return st, err
-				} else if ok {
-					st.Rewritten++
+				rewrote := 0
+				for _, id := range users {
+					ok, err := f.rewriteChunk(ctx, id)
+					if err != nil {
+						return st, err
+					}
+					if ok {
+						rewrote++
+						st.Rewritten++
+					}
+				}
+				if rewrote == len(users) {
 					continue
 				}
 			}
@@ -281,27 +289,43 @@ func (f *FS) objectFrames(ctx context.Context, obj ObjRef, info objInfo) ([]segF
 	return nil, nil, fmt.Errorf("object of unknown kind %d", obj.Kind)
 }
 
-// frameLive returns the bytes of frame fr that its chunk still references.
-func (f *FS) frameLive(fr segFrame) (int64, error) {
-	id := chunkID{fr.ino, fr.idx}
+// frameLive returns the chunks that still reference frame fr, and the
+// bytes of it they reference together. Those are its own chunk and the
+// same chunk of the files cloned from its inode (clone links, clone.go):
+// moving a frame must repoint all of them, or the old object stays alive
+// for the clone, and is packed again by every pass.
+func (f *FS) frameLive(fr segFrame) ([]chunkID, int64, error) {
 	chain := f.chain()
-	mu := f.chunkLock(id)
-	mu.Lock()
-	dc, pieces, err := f.lookupChunk(chain, id)
-	if dc != nil {
-		pieces = dc.base
-	}
-	mu.Unlock()
+	clones, err := f.cloneLinks(chain, fr.ino)
 	if err != nil {
-		return 0, err
+		return nil, 0, err
 	}
+	var users []chunkID
 	var live int64
-	for _, p := range pieces {
-		if p.Frame.ID == fr.ref.ID {
-			live += int64(p.Len)
+	for _, ino := range append([]uint64{fr.ino}, clones...) {
+		id := chunkID{ino, fr.idx}
+		mu := f.chunkLock(id)
+		mu.Lock()
+		dc, pieces, err := f.lookupChunk(chain, id)
+		if dc != nil {
+			pieces = dc.base
+		}
+		mu.Unlock()
+		if err != nil {
+			return nil, 0, err
+		}
+		var n int64
+		for _, p := range pieces {
+			if p.Frame.ID == fr.ref.ID {
+				n += int64(p.Len)
+			}
+		}
+		if n > 0 {
+			users = append(users, id)
+			live += n
 		}
 	}
-	return live, nil
+	return users, live, nil
 }
 
 // commitSegment uploads a segment, then registers it and repoints its
@@ -320,8 +344,14 @@ func (f *FS) commitSegment(ctx context.Context, seg *segmentBuilder) error {
 	chain := f.chainLocked()
 	b.setKV(objectKey(ObjRef{Kind: ObjSeg, ID: seg.id}), objInfo{Size: int64(len(obj)), Raw: seg.raw}.encode())
 	for _, fr := range seg.frames {
-		if err := f.repoint(b, chain, chunkID{fr.ino, fr.idx}, fr.ref); err != nil {
+		clones, err := f.cloneLinks(chain, fr.ino)
+		if err != nil {
 			return err
+		}
+		for _, ino := range append([]uint64{fr.ino}, clones...) {
+			if err := f.repoint(b, chain, chunkID{ino, fr.idx}, fr.ref); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

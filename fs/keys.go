@@ -20,16 +20,19 @@ import (
 //	                                 absent when zero; see used.go
 //	kindSnap   name                  a snapshot's record (snapshot.go)
 //	kindSnapObjs id                  the data objects a snapshot references
+//	kindCloneLink origin clone       a file whose chunks share frames sealed for
+//	                                 inode origin (clone.go): GC repoints both
 const (
-	kindMeta     byte = 0x01
-	kindInode    byte = 0x02
-	kindDirent   byte = 0x03
-	kindCookie   byte = 0x04
-	kindChunk    byte = 0x05
-	kindObject   byte = 0x06
-	kindUsed     byte = 0x07
-	kindSnap     byte = 0x08
-	kindSnapObjs byte = 0x09
+	kindMeta      byte = 0x01
+	kindInode     byte = 0x02
+	kindDirent    byte = 0x03
+	kindCookie    byte = 0x04
+	kindChunk     byte = 0x05
+	kindObject    byte = 0x06
+	kindUsed      byte = 0x07
+	kindSnap      byte = 0x08
+	kindSnapObjs  byte = 0x09
+	kindCloneLink byte = 0x0a
 )
 
 func metaKey(name string) []byte { return append([]byte{kindMeta}, name...) }
@@ -117,4 +120,12 @@ func prefixEnd(p []byte) []byte {
 		}
 	}
 	return nil
+}
+
+func cloneLinkKey(origin, clone uint64) []byte {
+	k := make([]byte, 17)
+	k[0] = kindCloneLink
+	binary.BigEndian.PutUint64(k[1:], origin)
+	binary.BigEndian.PutUint64(k[9:], clone)
+	return k
 }

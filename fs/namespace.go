@@ -108,7 +108,7 @@ func (f *FS) Lookup(ctx context.Context, c *Cred, dir uint64, name string) (Inod
 		return Inode{}, err
 	}
 	if !ok {
-		if dir == RootIno && name == SnapshotDirName {
+		if dir == RootIno && name == SnapshotDirName && !f.isView {
 			return f.snapDirAttr(ctx)
 		}
 		return Inode{}, fmt.Errorf("lookup %q in %d: %w", name, dir, ErrNotExist)

@@ -369,11 +369,13 @@ func (f *FS) DeleteSnapshot(ctx context.Context, name string) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
-	f.closeView(rec.ID)
 	f.viewMu.RLock()
 	f.open.deleteKV(snapKey(name))
 	f.open.deleteKV(snapObjsKey(rec.ID))
 	f.viewMu.RUnlock()
+	// Only now, with the record gone from the chain, can the view not be
+	// opened again behind our back (openView looks the record up).
+	f.closeView(rec.ID)
 	if err := f.Flush(ctx); err != nil {
 		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
@@ -387,17 +389,21 @@ func (f *FS) DeleteSnapshot(ctx context.Context, name string) (int64, error) {
 
 // HoldSnapshot marks snapshot name held (scheduled pruning skips it) or not.
 func (f *FS) HoldSnapshot(ctx context.Context, name string, held bool) error {
-	if err := ValidateSnapshotName(name); err != nil {
-		return fmt.Errorf("hold snapshot: %w", err)
+	what := "hold snapshot"
+	if !held {
+		what = "release snapshot"
 	}
-	if err := f.refuseReadOnly("hold snapshot " + name); err != nil {
+	if err := ValidateSnapshotName(name); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if err := f.refuseReadOnly(what + " " + name); err != nil {
 		return err
 	}
 	f.snapMu.Lock()
 	defer f.snapMu.Unlock()
 	rec, err := f.snapshotRecord(f.chain(), name)
 	if err != nil {
-		return fmt.Errorf("hold snapshot: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	if rec.Held == held {
 		return nil
@@ -419,13 +425,14 @@ func (f *FS) Snapshots(ctx context.Context) ([]Snapshot, error) { return f.snaps
 func (f *FS) SnapshotNames(ctx context.Context) ([]Snapshot, error) { return f.snapshots(false) }
 
 func (f *FS) snapshots(space bool) ([]Snapshot, error) {
-	recs, err := f.snapshotRecords(f.chain())
+	chain := f.chain() // records and object lists seen alike
+	recs, err := f.snapshotRecords(chain)
 	if err != nil {
 		return nil, fmt.Errorf("list snapshots: %w", err)
 	}
 	excl := map[uint64]int64{}
 	if space {
-		if excl, _, err = f.snapshotSpace(nil, recs); err != nil {
+		if excl, _, err = f.snapshotSpace(chain, recs); err != nil {
 			return nil, fmt.Errorf("list snapshots: %w", err)
 		}
 	}

@@ -302,3 +302,150 @@ func TestSnapshotWithLocalWAL(t *testing.T) {
 		t.Fatalf("%d WAL records with data left after the snapshot was deleted: %v", dataRecs, recs)
 	}
 }
+
+// TestCloneSurvivesGC: GC moves a frame for every file that shares it, the
+// source and its clones alike, so the old object dies (no pass packs it
+// again), and with a local WAL the clone's data reaches the main store:
+// the clone reads back after the local WAL's data records are lost.
+func TestCloneSurvivesGC(t *testing.T) {
+	for _, local := range []bool{false, true} {
+		t.Run(fmt.Sprintf("local WAL %v", local), func(t *testing.T) {
+			ctx := context.Background()
+			main, walStore := store.NewMem(), store.NewMem()
+			opts := testOptions(t, main, t.TempDir())
+			if local {
+				opts.WAL = walStore
+			}
+			f := mustOpen(t, opts)
+			n := mustCreate(t, f, RootIno, "src", TypeRegular|0o644)
+			data := fill(40<<10, 'q') // a small record: GC packs it
+			if local {
+				data = fill(200<<10, 'q') // a local record: GC packs it into the main store
+			}
+			mustWrite(t, f, n.Ino, 0, data)
+			if err := f.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			cl, err := f.CloneFile(ctx, Root, n.Ino, RootIno, "clone")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// And a clone of the clone: its pieces name the same sealing inode.
+			cl2, err := f.CloneFile(ctx, Root, cl.Ino, RootIno, "clone2")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Compact(ctx); err != nil {
+				t.Fatal(err)
+			}
+			st, err := f.GC(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Packed != 0 || st.Segments != 0 {
+				t.Fatalf("a GC pass after compaction still packs: %+v", st)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if local {
+				// The local disk is lost with its WAL records; the clean
+				// close's checkpoint in the main store holds everything.
+				recs, _ := walStore.List(ctx, "wal/")
+				for _, r := range recs {
+					walStore.Delete(ctx, r.Key)
+				}
+			}
+			opts.Dir = t.TempDir()
+			f = mustOpen(t, opts)
+			defer f.Close()
+			for _, ino := range []uint64{n.Ino, cl.Ino, cl2.Ino} {
+				if got := mustRead(t, f, ino, 0, len(data)); !bytes.Equal(got, data) {
+					t.Fatalf("inode %d differs after GC", ino)
+				}
+			}
+		})
+	}
+}
+
+// TestDeleteSnapshotWhileReading: a reader racing the deletion never keeps
+// the deleted snapshot's view open, and its reads end with an error.
+func TestDeleteSnapshotWhileReading(t *testing.T) {
+	ctx := context.Background()
+	f := mustOpen(t, testOptions(t, store.NewMem(), t.TempDir()))
+	defer f.Close()
+	n := mustCreate(t, f, RootIno, "f", TypeRegular|0o644)
+	mustWrite(t, f, n.Ino, 0, fill(8192, 'a'))
+	for i := range 50 {
+		name := fmt.Sprintf("s%d", i)
+		if _, err := f.CreateSnapshot(ctx, name, SnapshotOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		sn, err := f.SnapshotIno(ctx, name, "f")
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop, done := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(done)
+			buf := make([]byte, 100)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					f.Read(ctx, Root, sn.Ino, 0, buf)
+				}
+			}
+		}()
+		if _, err := f.DeleteSnapshot(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		close(stop)
+		<-done
+		if _, _, err := f.Read(ctx, Root, sn.Ino, 0, make([]byte, 100)); err == nil {
+			t.Fatalf("%s: a read of the deleted snapshot succeeded", name)
+		}
+		f.viewsMu.Lock()
+		open := len(f.views)
+		f.viewsMu.Unlock()
+		if open != 0 {
+			t.Fatalf("%s: %d views open after the deletion", name, open)
+		}
+	}
+}
+
+// TestIdleViewsClosed: reading many snapshots keeps at most maxOpenViews
+// of them open; an evicted one reopens on its next read.
+func TestIdleViewsClosed(t *testing.T) {
+	ctx := context.Background()
+	f := mustOpen(t, testOptions(t, store.NewMem(), t.TempDir()))
+	defer f.Close()
+	n := mustCreate(t, f, RootIno, "f", TypeRegular|0o644)
+	var inos []uint64
+	for i := range maxOpenViews + 8 {
+		mustWrite(t, f, n.Ino, 0, fill(4096, byte(i)))
+		name := fmt.Sprintf("s%d", i)
+		if _, err := f.CreateSnapshot(ctx, name, SnapshotOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		sn, err := f.SnapshotIno(ctx, name, "f")
+		if err != nil {
+			t.Fatal(err)
+		}
+		inos = append(inos, sn.Ino)
+	}
+	for round := range 2 {
+		for i, ino := range inos {
+			if got := mustRead(t, f, ino, 0, 4096); !bytes.Equal(got, fill(4096, byte(i))) {
+				t.Fatalf("round %d: snapshot %d reads wrong", round, i)
+			}
+		}
+	}
+	f.viewsMu.Lock()
+	open := len(f.views)
+	f.viewsMu.Unlock()
+	if open > maxOpenViews {
+		t.Fatalf("%d views open, at most %d wanted", open, maxOpenViews)
+	}
+}

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -8,6 +9,8 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -61,8 +64,15 @@ type view struct {
 	mu   sync.RWMutex // readers hold it shared; closing takes it
 	id   uint64
 	name string
-	fs   *FS // nil once closed
+	fs   *FS          // nil once closed
+	used atomic.Int64 // last use, unix ns: the least recently used is closed first
 }
+
+// maxOpenViews bounds the snapshot views kept open (each holds a pebble
+// database's files and block cache entries). Listing every snapshot's
+// devices opens each in turn; the idle ones beyond this are closed, and
+// reopened on the next use.
+const maxOpenViews = 16
 
 // viewOf returns the open view of snapshot id, opening it if needed, with
 // its lock held shared: the caller must call v.mu.RUnlock.
@@ -79,9 +89,10 @@ func (f *FS) viewOf(ctx context.Context, id uint64) (*view, error) {
 		}
 		v.mu.RLock()
 		if v.fs != nil {
+			v.used.Store(time.Now().UnixNano())
 			return v, nil
 		}
-		v.mu.RUnlock() // closed meanwhile (deleted): look again
+		v.mu.RUnlock() // closed meanwhile (deleted, or idle and evicted): look again
 	}
 	return nil, fmt.Errorf("snapshot %d: %w", id, ErrStale)
 }
@@ -131,12 +142,33 @@ func (f *FS) openView(ctx context.Context, id uint64) (*view, error) {
 	vf.memCV = sync.NewCond(&vf.memMu)
 	vf.ra.max, vf.ra.aheadCap = f.ra.max, f.ra.aheadCap
 	vf.open = newBatch(0)
+	vf.isView = true
 	ro := fmt.Errorf("snapshot %q is read-only: %w", rec.Name, ErrReadOnly)
 	vf.failed.Store(&ro)
 	v = &view{id: id, name: rec.Name, fs: vf}
+	v.used.Store(time.Now().UnixNano())
 	f.viewsMu.Lock()
 	f.views[id] = v
+	var idle []*view
+	if len(f.views) > maxOpenViews {
+		for _, o := range f.views {
+			if o != v {
+				idle = append(idle, o)
+			}
+		}
+	}
 	f.viewsMu.Unlock()
+	// Close the least recently used views that nobody is reading.
+	slices.SortFunc(idle, func(a, b *view) int { return cmp.Compare(a.used.Load(), b.used.Load()) })
+	for _, o := range idle[:max(0, len(idle)+1-maxOpenViews)] {
+		if o.mu.TryLock() {
+			f.viewsMu.Lock()
+			delete(f.views, o.id)
+			f.viewsMu.Unlock()
+			o.closeLocked()
+			o.mu.Unlock()
+		}
+	}
 	return v, nil
 }
 
@@ -193,8 +225,12 @@ func (f *FS) fetchSnapshot(ctx context.Context, rec *snapRecord, dir string) err
 	return os.Rename(tmp, dir)
 }
 
-// closeView closes snapshot id's view, waiting for its readers.
+// closeView closes snapshot id's view, waiting for its readers. It excludes
+// openView, so a view being opened as the snapshot is deleted is closed
+// too, not left open behind the deletion.
 func (f *FS) closeView(id uint64) {
+	f.viewOpenMu.Lock()
+	defer f.viewOpenMu.Unlock()
 	f.viewsMu.Lock()
 	v := f.views[id]
 	delete(f.views, id)
@@ -207,6 +243,10 @@ func (f *FS) closeView(id uint64) {
 func (v *view) close() {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.closeLocked()
+}
+
+func (v *view) closeLocked() {
 	if v.fs == nil {
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"zerofs/fs"
@@ -86,16 +87,9 @@ func ListSnapshotExports(ctx context.Context, f *fs.FS) ([]ExportInfo, error) {
 	}
 	var out []ExportInfo
 	for _, s := range snaps {
-		dir, err := f.SnapshotIno(ctx, s.Name, ExportDir)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // deleted meanwhile, or no devices then
-		}
+		devs, err := snapshotDevices(ctx, f, s)
 		if err != nil {
-			return nil, fmt.Errorf("list exports of snapshot %q: %w", s.Name, err)
-		}
-		devs, err := listExportDir(ctx, f, dir.Ino)
-		if err != nil {
-			return nil, fmt.Errorf("list exports of snapshot %q: %w", s.Name, err)
+			return nil, err
 		}
 		for _, d := range devs {
 			d.Name += SnapshotSep + s.Name
@@ -104,6 +98,37 @@ func ListSnapshotExports(ctx context.Context, f *fs.FS) ([]ExportInfo, error) {
 		}
 	}
 	return out, nil
+}
+
+// snapshotCache holds each snapshot's devices once listed: a snapshot never
+// changes and its id is never reused, so listing every snapshot's exports
+// (NBD_OPT_LIST) opens each snapshot's metadata once, not at every listing.
+var snapshotCache sync.Map // snapshotKey → []ExportInfo
+
+type snapshotKey struct {
+	f  *fs.FS
+	id uint64
+}
+
+// snapshotDevices lists the devices of snapshot s.
+func snapshotDevices(ctx context.Context, f *fs.FS, s fs.Snapshot) ([]ExportInfo, error) {
+	key := snapshotKey{f, s.ID}
+	if v, ok := snapshotCache.Load(key); ok {
+		return v.([]ExportInfo), nil
+	}
+	dir, err := f.SnapshotIno(ctx, s.Name, ExportDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil // deleted meanwhile, or no devices then
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list exports of snapshot %q: %w", s.Name, err)
+	}
+	devs, err := listExportDir(ctx, f, dir.Ino)
+	if err != nil {
+		return nil, fmt.Errorf("list exports of snapshot %q: %w", s.Name, err)
+	}
+	snapshotCache.Store(key, devs)
+	return devs, nil
 }
 
 // CloneExport creates device newName as a copy-on-write clone of source:

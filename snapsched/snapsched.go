@@ -40,14 +40,22 @@ type Target interface {
 // nameFormat is the time part of a scheduled snapshot's name.
 const nameFormat = "20060102T1504Z"
 
-// SlotName is the name of schedule s's snapshot for the slot holding t.
+// SlotName is the name of schedule s's snapshot for the slot holding t:
+// slots start at multiples of s.Every since the Unix epoch (time.Truncate
+// would count from year 1: "168h" would not start on a Thursday, "7m" not
+// on the minutes a user computes).
 func SlotName(s Schedule, t time.Time) string {
-	return s.Name + "-" + t.UTC().Truncate(s.Every).Format(nameFormat)
+	every := s.Every.Nanoseconds()
+	start := time.Unix(0, t.UnixNano()-((t.UnixNano()%every)+every)%every).UTC()
+	return s.Name + "-" + start.Format(nameFormat)
 }
 
 // Plan says what to do at now given the snapshots there are: the names to
-// create (at most one per schedule, its current slot) and to delete.
-func Plan(scheds []Schedule, snaps []fs.Snapshot, now time.Time) (create []Create, prune []string) {
+// create (at most one per schedule, its current slot) and to delete. The
+// deletions count the creations as done: the caller must not prune a
+// schedule whose creation failed (a failing store must not make it delete
+// its last good snapshot).
+func Plan(scheds []Schedule, snaps []fs.Snapshot, now time.Time) (create []Create, prune []Create) {
 	for _, s := range scheds {
 		var own []fs.Snapshot
 		for _, sn := range snaps {
@@ -71,14 +79,14 @@ func Plan(scheds []Schedule, snaps []fs.Snapshot, now time.Time) (create []Creat
 				continue
 			}
 			if !sn.Held {
-				prune = append(prune, sn.Name)
+				prune = append(prune, Create{Name: sn.Name, Schedule: s.Name})
 			}
 		}
 	}
 	return create, prune
 }
 
-// Create is a snapshot Plan wants taken.
+// Create is a snapshot Plan wants taken (or deleted).
 type Create struct{ Name, Schedule string }
 
 // Scheduler runs schedules against a target.
@@ -105,14 +113,20 @@ func (s *Scheduler) Pass(ctx context.Context) error {
 	}
 	create, prune := Plan(s.Schedules, snaps, now())
 	var errs []error
+	failed := make(map[string]bool) // schedules whose snapshot was not taken
 	for _, c := range create {
 		if _, err := s.Target.CreateSnapshot(ctx, c.Name, fs.SnapshotOptions{Schedule: c.Schedule}); err != nil && !errors.Is(err, fs.ErrExist) {
 			errs = append(errs, fmt.Errorf("scheduled snapshot %s: %w", c.Name, err))
+			failed[c.Schedule] = true
 			continue
 		}
 		s.Log.Info("scheduled snapshot taken", "snapshot", c.Name, "schedule", c.Schedule)
 	}
-	for _, name := range prune {
+	for _, p := range prune {
+		if failed[p.Schedule] {
+			continue
+		}
+		name := p.Name
 		if s.InUse != nil {
 			if who := s.InUse(name); who != "" {
 				s.Log.Warn("not pruning a snapshot in use; retrying later", "snapshot", name, "in_use", who)

@@ -55,6 +55,10 @@ func TestPlan(t *testing.T) {
 		}, "2026-11-29T00:10:00Z", []string{"daily-20261129T0000Z"}, []string{"daily-20261128T0000Z"}},
 		{"two schedules", []Schedule{hourly, daily}, nil, "2026-11-29T00:10:00Z",
 			[]string{"hourly-20261129T0000Z", "daily-20261129T0000Z"}, nil},
+		{"weeks start on the epoch's weekday (Thursday)", []Schedule{{Name: "weekly", Every: 7 * 24 * time.Hour, Keep: 4}}, nil,
+			"2026-11-29T12:00:00Z", []string{"weekly-20261126T0000Z"}, nil},
+		{"odd minutes count from the epoch", []Schedule{{Name: "m7", Every: 7 * time.Minute, Keep: 4}}, nil,
+			"2026-11-29T12:03:00Z", []string{"m7-20261129T1200Z"}, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -69,8 +73,12 @@ func TestPlan(t *testing.T) {
 			if !slices.Equal(names, tc.wantCreate) {
 				t.Errorf("create %v, want %v", names, tc.wantCreate)
 			}
-			if !slices.Equal(prune, tc.wantPrune) {
-				t.Errorf("prune %v, want %v", prune, tc.wantPrune)
+			var pruned []string
+			for _, p := range prune {
+				pruned = append(pruned, p.Name)
+			}
+			if !slices.Equal(pruned, tc.wantPrune) {
+				t.Errorf("prune %v, want %v", pruned, tc.wantPrune)
 			}
 		})
 	}
@@ -149,5 +157,38 @@ func TestPassAgainstFS(t *testing.T) {
 	want = append(want, "hourly-20261129T1600Z")
 	if got := names(); !slices.Equal(got, want) {
 		t.Fatalf("with the oldest held: %v, want %v", got, want)
+	}
+}
+
+type failingTarget struct {
+	Target
+	deleted []string
+}
+
+func (f *failingTarget) CreateSnapshot(context.Context, string, fs.SnapshotOptions) (fs.Snapshot, error) {
+	return fs.Snapshot{}, fs.ErrReadOnly
+}
+
+func (f *failingTarget) DeleteSnapshot(_ context.Context, name string) (int64, error) {
+	f.deleted = append(f.deleted, name)
+	return 0, nil
+}
+
+func (f *failingTarget) Snapshots(context.Context) ([]fs.Snapshot, error) {
+	return []fs.Snapshot{snap("hourly-20261129T2200Z", "hourly", "2026-11-29T22:00:03Z", false)}, nil
+}
+
+// TestFailedCreationPrunesNothing: when the store fails, a schedule with
+// keep = 1 must not delete its last good snapshot for the one it could not
+// take.
+func TestFailedCreationPrunesNothing(t *testing.T) {
+	tg := &failingTarget{}
+	s := &Scheduler{Target: tg, Schedules: []Schedule{{Name: "hourly", Every: time.Hour, Keep: 1}},
+		Log: testutil.Logger(t), Now: func() time.Time { return at("2026-11-29T23:00:05Z") }}
+	if err := s.Pass(context.Background()); err == nil {
+		t.Fatal("a failed creation was not reported")
+	}
+	if len(tg.deleted) != 0 {
+		t.Fatalf("deleted %v after a failed creation", tg.deleted)
 	}
 }
