@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"zerofs/store"
 )
@@ -418,6 +419,8 @@ func TestDeleteSnapshotWhileReading(t *testing.T) {
 // TestIdleViewsClosed: reading many snapshots keeps at most maxOpenViews
 // of them open; an evicted one reopens on its next read.
 func TestIdleViewsClosed(t *testing.T) {
+	defer func(g time.Duration) { viewEvictGrace = g }(viewEvictGrace)
+	viewEvictGrace = 0
 	ctx := context.Background()
 	f := mustOpen(t, testOptions(t, store.NewMem(), t.TempDir()))
 	defer f.Close()

@@ -74,10 +74,14 @@ type view struct {
 // reopened on the next use.
 const maxOpenViews = 16
 
+// viewEvictGrace: a view used more recently is not closed (a variable so
+// that a test can make it zero).
+var viewEvictGrace = time.Second
+
 // viewOf returns the open view of snapshot id, opening it if needed, with
 // its lock held shared: the caller must call v.mu.RUnlock.
 func (f *FS) viewOf(ctx context.Context, id uint64) (*view, error) {
-	for range 2 {
+	for range 3 {
 		f.viewsMu.Lock()
 		v := f.views[id]
 		f.viewsMu.Unlock()
@@ -160,8 +164,11 @@ func (f *FS) openView(ctx context.Context, id uint64) (*view, error) {
 	f.viewsMu.Unlock()
 	// Close the least recently used views that nobody is reading.
 	slices.SortFunc(idle, func(a, b *view) int { return cmp.Compare(a.used.Load(), b.used.Load()) })
+	recent := time.Now().Add(-viewEvictGrace).UnixNano()
 	for _, o := range idle[:max(0, len(idle)+1-maxOpenViews)] {
-		if o.mu.TryLock() {
+		// One used in the last second may be about to be read by whoever
+		// opened it (viewOf takes its lock after openView returns).
+		if o.used.Load() < recent && o.mu.TryLock() {
 			f.viewsMu.Lock()
 			delete(f.views, o.id)
 			f.viewsMu.Unlock()
