@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"context"
 	"runtime"
 	"slices"
 	"sync"
@@ -316,6 +317,35 @@ func (f *FS) applier() {
 			return
 		}
 	}
+}
+
+// flushApplied flushes and waits until what it flushed is applied to
+// pebble: the batch open when it was called and those sealed before it, not
+// every batch sealed since (under a steady stream of writes those never run
+// out).
+func (f *FS) flushApplied(ctx context.Context) error {
+	f.viewMu.RLock()
+	b := f.open
+	var last *batch // the newest sealed one: an empty b is never sealed
+	if n := len(f.sealed); n > 0 {
+		last = f.sealed[n-1]
+	}
+	f.viewMu.RUnlock()
+	if err := f.Flush(ctx); err != nil {
+		return err
+	}
+	f.memMu.Lock()
+	defer f.memMu.Unlock()
+	for f.Err() == nil {
+		f.viewMu.RLock()
+		pending := slices.Contains(f.sealed, b) || last != nil && slices.Contains(f.sealed, last)
+		f.viewMu.RUnlock()
+		if !pending {
+			return nil
+		}
+		f.memCV.Wait()
+	}
+	return f.writeErr(f.Err())
 }
 
 // waitApplied waits until every durable batch is applied.

@@ -273,10 +273,9 @@ func (f *FS) CreateSnapshot(ctx context.Context, name string, o SnapshotOptions)
 		return Snapshot{}, fmt.Errorf("create snapshot %q: %w", name, err)
 	}
 	started := time.Now()
-	if err := f.Flush(ctx); err != nil {
+	if err := f.flushApplied(ctx); err != nil {
 		return Snapshot{}, fmt.Errorf("create snapshot %q: flush: %w", name, err)
 	}
-	f.waitApplied()
 	flushed := time.Now()
 	f.gcMu.Lock()
 	defer f.gcMu.Unlock()
@@ -315,10 +314,10 @@ func (f *FS) CreateSnapshot(ctx context.Context, name string, o SnapshotOptions)
 	f.open.setKV(snapObjsKey(id), packObjects(ms.objects))
 	f.open.setKV(snapKey(name), body)
 	f.viewMu.RUnlock()
-	if err := f.Flush(ctx); err != nil {
+	// Applied, not only durable: GC reads pins from the applied state.
+	if err := f.flushApplied(ctx); err != nil {
 		return Snapshot{}, fmt.Errorf("create snapshot %q: record: %w", name, err)
 	}
-	f.waitApplied()
 	ms2 := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
 	f.log.Info("snapshot created", "snapshot", name, "id", id, "seq", rec.Pos.Seq, "objects", len(ms.objects),
 		"uploaded_bytes", ms.uploaded, "elapsed", ms2(time.Since(started)),
@@ -376,10 +375,9 @@ func (f *FS) DeleteSnapshot(ctx context.Context, name string) (int64, error) {
 	// Only now, with the record gone from the chain, can the view not be
 	// opened again behind our back (openView looks the record up).
 	f.closeView(rec.ID)
-	if err := f.Flush(ctx); err != nil {
+	if err := f.flushApplied(ctx); err != nil {
 		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
-	f.waitApplied()
 	if err := os.RemoveAll(f.snapshotDir(rec.ID)); err != nil {
 		f.log.Warn("removing a deleted snapshot's local metadata", "snapshot", name, "err", err)
 	}
