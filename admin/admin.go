@@ -143,8 +143,7 @@ func (h *handler) listExports(w http.ResponseWriter, r *http.Request) {
 
 func (h *handler) createExport(w http.ResponseWriter, r *http.Request) {
 	var e Export
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&e); err != nil {
-		h.reply(w, http.StatusBadRequest, apiError{Error: "body must be {\"name\": ..., \"size\": ...}: " + err.Error()})
+	if !h.decode(w, r, &e, `{"name": ..., "size": ...}`) {
 		return
 	}
 	if err := nbd.CreateExport(r.Context(), h.f, e.Name, e.Size); err != nil {
@@ -161,8 +160,7 @@ func (h *handler) createExport(w http.ResponseWriter, r *http.Request) {
 
 func (h *handler) resizeExport(w http.ResponseWriter, r *http.Request) {
 	var e Export
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&e); err != nil {
-		h.reply(w, http.StatusBadRequest, apiError{Error: "body must be {\"size\": ...}: " + err.Error()})
+	if !h.decode(w, r, &e, `{"size": ...}`) {
 		return
 	}
 	e.Name = r.PathValue("name")

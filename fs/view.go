@@ -63,7 +63,6 @@ func splitViewIno(ino uint64) (id, real uint64) {
 type view struct {
 	mu   sync.RWMutex // readers hold it shared; closing takes it
 	id   uint64
-	name string
 	fs   *FS          // nil once closed
 	used atomic.Int64 // last use, unix ns: the least recently used is closed first
 }
@@ -149,7 +148,7 @@ func (f *FS) openView(ctx context.Context, id uint64) (*view, error) {
 	vf.isView = true
 	ro := fmt.Errorf("snapshot %q is read-only: %w", rec.Name, ErrReadOnly)
 	vf.failed.Store(&ro)
-	v = &view{id: id, name: rec.Name, fs: vf}
+	v = &view{id: id, fs: vf}
 	v.used.Store(time.Now().UnixNano())
 	f.viewsMu.Lock()
 	f.views[id] = v
